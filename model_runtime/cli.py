@@ -1,0 +1,82 @@
+"""The `model-runtime` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from model_runtime import __version__
+from model_runtime.config import ConfigError, load_settings
+from model_runtime.logs import configure_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from model_runtime.server.run import serve  # imports torch: only for the commands that need it
+
+    overrides = {
+        "model": {"path": args.model, "served_name": args.served_model_name, "version": args.model_version},
+        "server": {
+            "host": args.host,
+            "port": args.port,
+            "api_keys_file": args.api_key_file,
+            "allow_unauthenticated": True if args.allow_unauthenticated else None,
+        },
+    }
+    settings = load_settings(args.config, overrides)
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    return serve(settings)
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from model_runtime.demo.build import Recipe, build_demo_model, is_current
+
+    configure_logging("info", json_format=False)
+    recipe = replace(Recipe(), steps=args.steps, seed=args.seed)
+    if args.if_missing and is_current(args.out_dir, recipe):
+        print(f"{args.out_dir}: demo model is current (recipe {recipe.fingerprint()})")
+        return 0
+    record = build_demo_model(args.out_dir, recipe)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-runtime", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"model-runtime {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model over the OpenAI API")
+    serve.add_argument("--model", help="model folder (Hugging Face format)")
+    serve.add_argument("--served-model-name", help="name clients use (default: the folder name)")
+    serve.add_argument("--model-version", help="version reported by /v1/models and system_fingerprint")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8000)")
+    serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    serve.add_argument("--allow-unauthenticated", action="store_true", help="serve without API keys")
+    serve.add_argument("--config", type=Path, help="YAML settings file (see README)")
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo-model", help="build the small demo model (about 90 s on 2 cores)")
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--steps", type=int, default=400, help="training steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR holds this build")
+    demo.set_defaults(run=_demo_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"model-runtime: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

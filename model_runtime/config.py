@@ -1,0 +1,170 @@
+"""One typed settings object for the runtime, read from a YAML file, the environment and the command line.
+
+Precedence, lowest first: defaults < config file < environment (`MODEL_RUNTIME_<SECTION>__<KEY>`) < flags.
+Every error names the offending key, so that an operator can fix a config file without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MODEL_RUNTIME_"
+# Keys come from this variable rather than a flag: a key on the command line would show in `ps`.
+API_KEYS_ENV = "MODEL_RUNTIME_API_KEYS"
+
+
+class ConfigError(ValueError):
+    """A settings problem, already phrased for the operator (names the key and the source)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    path: str = Field(description="Model folder in Hugging Face format")
+    served_name: str | None = Field(default=None, description="Name clients use; defaults to the folder name")
+    version: str | None = Field(default=None, description="Version reported in /v1/models; informational")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    trust_remote_code: bool = False
+    max_context: int | None = Field(default=None, gt=0, description="Cap below the model's own context")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def name(self) -> str:
+        return self.served_name or Path(self.path).name
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys_file: Path | None = Field(default=None, description="One key per line; '#' starts a comment")
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve without keys; refused unless set explicitly"
+    )
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="Time in-flight requests get on SIGTERM")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+
+class SchedulerSettings(_Section):
+    max_batch_size: int = Field(default=32, gt=0, description="Sequences decoded together in one step")
+    max_queue: int = Field(default=64, ge=0, description="Waiting requests beyond this get 429")
+    max_prefill_tokens: int = Field(default=4096, gt=0, description="Prompt tokens prefilled in one step")
+    queue_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for a batch slot (then 503)")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="Longest a request may run (then 504)")
+    max_n: int = Field(default=8, gt=0, description="Largest `n` (choices per request) accepted")
+    torch_threads: int | None = Field(default=None, gt=0, description="Intra-op threads; default all cores")
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = Field(default=False, alias="json")
+
+
+class Settings(_Section):
+    model: ModelSettings
+    server: ServerSettings = ServerSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def api_keys(self) -> frozenset[str]:
+        """Keys from the key file and the environment. Read once at start."""
+        keys: set[str] = set()
+        if self.server.api_keys_file is not None:
+            try:
+                text = self.server.api_keys_file.read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"server.api_keys_file: cannot read {self.server.api_keys_file}: {exc}"
+                ) from exc
+            keys.update(_parse_key_lines(text))
+        keys.update(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
+        if not keys and not self.server.allow_unauthenticated:
+            raise ConfigError(
+                "server.api_keys_file: no API key configured; give a key file or "
+                f"{API_KEYS_ENV}, or set server.allow_unauthenticated: true to serve without auth"
+            )
+        return frozenset(keys)
+
+
+def _parse_key_lines(text: str) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """MODEL_RUNTIME_SCHEDULER__MAX_QUEUE=8 -> {"scheduler": {"max_queue": "8"}} (pydantic coerces)."""
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == API_KEYS_ENV or "__" not in name:
+            continue
+        section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
+        tree.setdefault(section, {})[key] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping):
+            current = merged.get(key)
+            merged[key] = _merge(dict(current) if isinstance(current, Mapping) else {}, value)
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    return data
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{key}: {message}")
+    return f"invalid settings ({source}):\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings; raises ConfigError naming every bad key."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = _read_file(config_file) if config_file else {}
+    tree = _merge(tree, _env_overrides(environ))
+    tree = _merge(tree, overrides or {})
+    sources = ", ".join(
+        s for s in (str(config_file) if config_file else "", "environment", "flags" if overrides else "") if s
+    )
+    if "model" not in tree or not (tree["model"] or {}).get("path"):
+        raise ConfigError(
+            f"model.path: required (--model, model.path in the config file); read from {sources}"
+        )
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from exc

@@ -1,0 +1,65 @@
+"""The engine contract: what the scheduler may ask of any engine (torch, ONNX, an ensemble).
+
+An engine keeps a running batch of sequences and their attention state. It never samples: it returns
+next-token logits and the scheduler chooses the token, so sampling stays in one place and an ensemble
+can combine distributions before anything is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+class EngineError(RuntimeError):
+    """The engine could not run a step (out of memory, a broken model); the batch is reset."""
+
+
+class ModelLoadError(ValueError):
+    """A model folder that cannot be served; the message names the file or setting at fault."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the server needs to know about an engine, read once at load."""
+
+    max_context: int
+    eos_token_ids: frozenset[int]
+    device: str
+    dtype: str
+    parameters: int
+    load_seconds: float
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A batch of live sequences, each named by an integer id the scheduler chooses."""
+
+    info: EngineInfo
+    tokenizer: PreTrainedTokenizerBase
+
+    def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Add sequences to the running batch; return float32 logits [len(seq_ids), vocab] for each one's
+        next token."""
+        ...
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """Feed one token to every live sequence (seq_ids must be exactly the live set); return float32
+        logits [len(seq_ids), vocab] in the order of seq_ids."""
+        ...
+
+    def release(self, seq_ids: Sequence[int]) -> None:
+        """Forget sequences (finished or cancelled); unknown ids are ignored."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every sequence; used after an engine error."""
+        ...
+
+    def close(self) -> None:
+        """Free the model's memory; the engine is unusable afterwards."""
+        ...

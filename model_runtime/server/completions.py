@@ -1,0 +1,143 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from model_runtime.scheduler.core import Event
+from model_runtime.scheduler.sampling import TokenLogprobs
+from model_runtime.server.errors import bad_request
+from model_runtime.server.formatting import Envelope, TokenTexts
+from model_runtime.server.generation import (
+    ChoiceResult,
+    Generation,
+    check_common,
+    resolve_max_tokens,
+    respond,
+    sampling_params,
+)
+from model_runtime.server.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+)
+from model_runtime.server.state import ServedModel
+
+router = APIRouter()
+
+
+def tokenize_prompts(
+    prompt: str | list[str] | list[int] | list[list[int]], served: ServedModel
+) -> list[list[int]]:
+    tokenizer = served.engine.tokenizer
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty", "prompt")
+    if isinstance(prompt[0], int):
+        prompt = [prompt]  # one prompt given as token ids
+    vocab = len(tokenizer)
+    prompts: list[list[int]] = []
+    for i, item in enumerate(prompt):
+        param = "prompt" if len(prompt) == 1 else f"prompt[{i}]"
+        ids = tokenizer(item)["input_ids"] if isinstance(item, str) else list(item)
+        if not ids:
+            raise bad_request(f"{param} must not be empty", param)
+        if isinstance(item, list) and not all(0 <= t < vocab for t in ids):
+            raise bad_request(
+                f"{param} holds token ids outside this model's vocabulary (0..{vocab - 1})", param
+            )
+        prompts.append(ids)
+    return prompts
+
+
+class CompletionFormatter:
+    def __init__(self, served: ServedModel, logprobs: int | None) -> None:
+        self.envelope = Envelope(served, "text_completion", "cmpl")
+        self._texts = TokenTexts(served.engine.tokenizer) if logprobs is not None else None
+        self._top = bool(logprobs)
+        self._offsets: dict[int, int] = {}
+
+    def _logprobs(
+        self, index: int, entries: list[TokenLogprobs] | tuple[TokenLogprobs, ...]
+    ) -> CompletionLogprobs | None:
+        if self._texts is None:
+            return None
+        tokens = [self._texts(e.token) for e in entries]
+        offsets, offset = [], self._offsets.get(index, 0)
+        for text in tokens:
+            offsets.append(offset)
+            offset += len(text)
+        self._offsets[index] = offset
+        return CompletionLogprobs(
+            tokens=tokens,
+            token_logprobs=[e.logprob for e in entries],
+            top_logprobs=[{self._texts(t): lp for t, lp in e.top} for e in entries] if self._top else None,
+            text_offset=offsets,
+        )
+
+    def chunks(self, event: Event, first: bool) -> list[dict[str, Any]]:
+        if not event.text and event.finish_reason is None and not event.logprobs:
+            return []
+        logprobs = self._logprobs(event.index, event.logprobs)
+        choice = {
+            "index": event.index,
+            "text": event.text,
+            "logprobs": logprobs.model_dump() if logprobs else None,
+            "finish_reason": _reason(event.finish_reason),
+        }
+        return [self.envelope.chunk([choice])]
+
+    def body(self, choices: list[ChoiceResult], usage: Usage) -> Completion:
+        return Completion(
+            **self.envelope.head(),
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=c.text,
+                    logprobs=self._logprobs(c.index, c.logprobs),
+                    finish_reason=_reason(c.finish_reason),
+                )
+                for c in choices
+            ],
+            usage=usage,
+        )
+
+
+def _reason(finish_reason: str | None) -> str | None:
+    # "cancelled" never reaches a client that is still listening.
+    return finish_reason if finish_reason in ("stop", "length") else None
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def create_completion(req: CompletionRequest, request: Request) -> Any:
+    runtime = request.app.state.runtime
+    runtime.check_accepting()
+    served = runtime.model(req.model)
+    if req.echo:
+        raise bad_request("echo is not supported by this server", "echo")
+    if req.suffix:
+        raise bad_request("suffix is not supported by this server", "suffix")
+    if req.best_of not in (None, req.n):
+        raise bad_request("best_of must equal n on this server", "best_of")
+    bias = check_common(req, runtime, served)
+    prompts = tokenize_prompts(req.prompt, served)
+    limits = runtime.settings.scheduler
+    if len(prompts) * req.n > limits.max_batch_size + limits.max_queue:
+        raise bad_request(
+            f"{len(prompts)} prompts x n={req.n} is more sequences than this server can hold at once",
+            "prompt",
+        )
+    max_tokens = resolve_max_tokens(
+        served, max(len(p) for p in prompts), req.max_tokens, "max_tokens" in req.model_fields_set, "prompt"
+    )
+    generation = Generation(served, prompts, sampling_params(req, max_tokens, req.logprobs, bias))
+    formatter = CompletionFormatter(served, req.logprobs)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await respond(
+        generation, formatter, req.stream, include_usage, request, formatter.envelope.usage_chunk
+    )

@@ -1,0 +1,292 @@
+"""What completions and chat share: checking a request against the model's limits, turning it into
+sequences for the scheduler, and carrying the scheduler's events back to the HTTP response, streamed
+as server-sent events or collected into one body. The two endpoints differ only in how they build
+the prompt and how they format a choice (a formatter, below)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from model_runtime.scheduler.core import Event, Handle
+from model_runtime.scheduler.sampling import SamplingParams, TokenLogprobs
+from model_runtime.server.errors import APIError, bad_request, from_exception
+from model_runtime.server.protocol import Usage, _SamplingFields
+from model_runtime.server.state import RuntimeState, ServedModel
+
+
+def resolve_max_tokens(
+    served: ServedModel,
+    prompt_tokens: int,
+    requested: int | None,
+    explicit: bool,
+    prompt_param: str,
+    budget_param: str = "max_tokens",
+) -> int:
+    """The generation budget: what the client asked for, if it fits the context; all that is left when
+    it did not ask. A prompt that fills the context, or an explicit budget that overflows it, is a 400."""
+    context = served.engine.info.max_context
+    if prompt_tokens >= context:
+        raise bad_request(
+            f"This model's maximum context length is {context} tokens. However, your {prompt_param} "
+            f"resulted in {prompt_tokens} tokens, which leaves no room to generate.",
+            prompt_param,
+            "context_length_exceeded",
+        )
+    left = context - prompt_tokens
+    if requested is None:
+        return left
+    if requested > left and explicit:
+        raise bad_request(
+            f"{budget_param} is too large: {requested}. This model's maximum context length is {context} "
+            f"tokens and your request has {prompt_tokens} input tokens, so at most {left} can be generated.",
+            budget_param,
+            "context_length_exceeded",
+        )
+    return min(requested, left)
+
+
+def check_common(req: _SamplingFields, state: RuntimeState, served: ServedModel) -> dict[int, float]:
+    """Checks shared by both endpoints; returns the logit bias as token id -> bias."""
+    if req.n > state.settings.scheduler.max_n:
+        raise bad_request(
+            f"n is too large: {req.n}; this server allows at most {state.settings.scheduler.max_n}", "n"
+        )
+    bias: dict[int, float] = {}
+    vocab = len(served.engine.tokenizer)
+    for key, value in (req.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
+            raise bad_request(
+                f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1})", "logit_bias"
+            )
+        if not -100 <= value <= 100:
+            raise bad_request(f"logit_bias: {value} for token {key} is outside [-100, 100]", "logit_bias")
+        bias[int(key)] = value
+    return bias
+
+
+def sampling_params(
+    req: _SamplingFields, max_tokens: int, logprobs: int | None, bias: dict[int, float]
+) -> list[SamplingParams]:
+    """One entry per choice; a seeded request gives choice i the seed seed+i, so choices differ but
+    the whole request is reproducible."""
+    return [
+        SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=None if req.seed is None else req.seed + i,
+            stop=tuple(req.stop or ()),
+            min_tokens=min(req.min_tokens, max_tokens),
+            ignore_eos=req.ignore_eos,
+            logprobs=logprobs,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logit_bias=tuple(bias.items()),
+        )
+        for i in range(req.n)
+    ]
+
+
+class _QueueSink:
+    """Hands a step's events to the request's event loop: one wake-up per step, not per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, offset: int) -> None:
+        self._loop, self._queue, self._offset = loop, queue, offset
+
+    def deliver(self, events: list[Event]) -> None:
+        if self._offset:
+            events = [replace(e, index=e.index + self._offset) for e in events]
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+
+
+class Generation:
+    """One HTTP request's sequences in the scheduler: every prompt times n choices."""
+
+    def __init__(
+        self, served: ServedModel, prompts: Sequence[list[int]], params: list[SamplingParams]
+    ) -> None:
+        self.served = served
+        self.prompt_tokens = sum(len(p) for p in prompts)
+        self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        self._open = len(prompts) * len(params)
+        self._handles: list[Handle] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for k, prompt in enumerate(prompts):
+                sink = _QueueSink(loop, self._queue, k * len(params))
+                self._handles.append(served.scheduler.submit(prompt, params, sink))
+        except Exception as exc:
+            self.close()
+            raise from_exception(exc) from exc
+
+    async def next_events(self) -> list[Event] | None:
+        """The next step's events, or None when every choice has finished."""
+        if self._open == 0:
+            return None
+        events = await self._queue.get()
+        self._open -= sum(1 for e in events if e.finish_reason or e.error)
+        return events
+
+    def close(self) -> None:
+        """Stop whatever is still generating (client gone, error, shutdown)."""
+        if self._open:
+            for handle in self._handles:
+                self.served.scheduler.cancel(handle)
+        self._open = 0
+
+
+class Formatter(Protocol):
+    """How one endpoint writes choices: streamed chunks and the final body."""
+
+    def chunks(self, event: Event, first: bool) -> list[dict[str, Any]]: ...
+    def body(self, choices: list[ChoiceResult], usage: Usage) -> Any: ...
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = (
+        payload
+        if isinstance(payload, str)
+        else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    )
+    return f"data: {data}\n\n".encode()
+
+
+def _raise_if_failed(events: list[Event]) -> None:
+    for event in events:
+        if event.error is not None:
+            raise from_exception(event.error)
+
+
+async def respond(
+    generation: Generation,
+    formatter: Formatter,
+    stream: bool,
+    include_usage: bool,
+    request: Request,
+    usage_chunk: Callable[[Usage], dict[str, Any]],
+) -> Any:
+    """Stream or collect. The first step's events are awaited before any header is sent, so a request
+    that fails to start (queue timeout, engine error) still gets its proper status code."""
+    try:
+        first = await _until_disconnect(generation.next_events(), request)
+        if first is not None:
+            _raise_if_failed(first)
+    except BaseException:
+        generation.close()
+        raise
+    if stream:
+        return StreamingResponse(
+            _stream(generation, formatter, first, include_usage, usage_chunk),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        choices = await _until_disconnect(_collect(generation, first), request)
+    finally:
+        generation.close()
+    return formatter.body(choices, _usage(generation, choices))
+
+
+async def _collect(generation: Generation, first: list[Event] | None) -> list[ChoiceResult]:
+    results: dict[int, ChoiceResult] = {}
+    events = first
+    while events is not None:
+        _raise_if_failed(events)
+        for event in events:
+            _accumulate(results, event)
+        events = await generation.next_events()
+    return [results[i] for i in sorted(results)]
+
+
+def _accumulate(results: dict[int, ChoiceResult], event: Event) -> None:
+    result = results.setdefault(event.index, ChoiceResult(event.index))
+    result.text += event.text
+    result.tokens = event.tokens
+    result.finish_reason = event.finish_reason or result.finish_reason
+    result.logprobs.extend(event.logprobs)
+
+
+def _usage(generation: Generation, choices: list[ChoiceResult]) -> Usage:
+    completion = sum(c.tokens for c in choices)
+    return Usage(
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=generation.prompt_tokens + completion,
+    )
+
+
+async def _stream(
+    generation: Generation,
+    formatter: Formatter,
+    first: list[Event] | None,
+    include_usage: bool,
+    usage_chunk: Callable[[Usage], dict[str, Any]],
+) -> AsyncIterator[bytes]:
+    results: dict[int, ChoiceResult] = {}
+    try:
+        events = first
+        while events is not None:
+            for event in events:
+                if event.error is not None:
+                    yield _sse(from_exception(event.error).body())
+                    yield _sse("[DONE]")
+                    return
+                is_first = event.index not in results
+                _accumulate(results, event)
+                for chunk in formatter.chunks(event, is_first):
+                    yield _sse(chunk)
+            events = await generation.next_events()
+        if include_usage:
+            choices = [results[i] for i in sorted(results)]
+            yield _sse(usage_chunk(_usage(generation, choices)))
+        yield _sse("[DONE]")
+    finally:
+        # Runs when the client disconnects too (the response task is cancelled): stop generating.
+        generation.close()
+
+
+async def _until_disconnect(awaitable: Any, request: Request) -> Any:
+    """Await, but give up (and let the caller cancel generation) if the client goes away first."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise APIError(499, "client closed the request", code="client_closed_request")
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,101 @@
+"""Running the server process: uvicorn with a graceful drain on SIGTERM.
+
+On SIGTERM (or Ctrl-C) readiness turns 503 at once and new generation requests are refused with 503,
+while requests in flight, streams included, run to their end for up to server.shutdown_grace_s. Then
+the process exits 0. A second Ctrl-C forces the exit. A model that fails to load exits 1, so the
+service manager sees the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from types import FrameType
+
+import torch
+import uvicorn
+
+from model_runtime.config import Settings
+from model_runtime.server.app import create_app
+from model_runtime.server.state import RuntimeState, load_served_model
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: RuntimeState, grace: float) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.grace = grace
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Unlike uvicorn's own handler, the signal is not recorded for re-raising at exit: a drained
+        # shutdown is a clean one and exits 0.
+        if self._draining:
+            if sig == signal.SIGINT:
+                self.force_exit = self.should_exit = True
+            return
+        self._draining = True
+        if self._loop is None:
+            self.should_exit = True
+            return
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    def fail(self, reason: str) -> None:
+        self.exit_code = 1
+        self.should_exit = True
+
+    async def _drain(self) -> None:
+        runtime = self.runtime
+        runtime.set_phase("draining")
+        log.info("draining", extra={"in_flight": runtime.in_flight, "grace_s": self.grace})
+        if not await runtime.wait_idle(self.grace):
+            log.warning(
+                "grace period over; ending requests still running", extra={"in_flight": runtime.in_flight}
+            )
+            for served in list(runtime.models.values()):
+                served.scheduler.stop()
+            # Let the ended streams write their last event before the connections close.
+            await runtime.wait_idle(2.0)
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    """Run until drained; return the process exit code."""
+    torch.set_num_threads(settings.scheduler.torch_threads or os.cpu_count() or 1)
+    runtime = RuntimeState(settings, settings.api_keys())
+    server: DrainingServer | None = None
+
+    def loader() -> object:
+        return load_served_model(settings.model, settings.scheduler, runtime.metrics)
+
+    def on_fatal(reason: str) -> None:
+        assert server is not None
+        server.fail(reason)
+
+    app = create_app(runtime, loader, on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,  # our logging (logs.py) is already configured
+        access_log=False,  # the edge middleware logs one line per request, with its id
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    )
+    server = DrainingServer(config, runtime, settings.server.shutdown_grace_s)
+    log.info(
+        "starting",
+        extra={"host": settings.server.host, "port": settings.server.port, "model": settings.model.path},
+    )
+    server.run()
+    return server.exit_code
