@@ -66,7 +66,11 @@ class SchedulerSettings(_Section):
     queue_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for a batch slot (then 503)")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Longest a request may run (then 504)")
     max_n: int = Field(default=8, gt=0, description="Largest `n` (choices per request) accepted")
-    torch_threads: int | None = Field(default=None, gt=0, description="Intra-op threads; default all cores")
+    torch_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="Engine intra-op threads; default: measured at start (engine/threads.py)",
+    )
 
 
 class LoggingSettings(_Section):

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
-
-class EngineError(RuntimeError):
-    """The engine could not run a step (out of memory, a broken model); the batch is reset."""
+if TYPE_CHECKING:  # the HTTP process reads EngineInfo without importing torch
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 class ModelLoadError(ValueError):
@@ -42,14 +39,17 @@ class Engine(Protocol):
     info: EngineInfo
     tokenizer: PreTrainedTokenizerBase
 
-    def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Add sequences to the running batch; return float32 logits [len(seq_ids), vocab] for each one's
-        next token."""
-        ...
-
-    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
-        """Feed one token to every live sequence (seq_ids must be exactly the live set); return float32
-        logits [len(seq_ids), vocab] in the order of seq_ids."""
+    def step(
+        self,
+        decode_ids: Sequence[int],
+        decode_tokens: Sequence[int],
+        new_ids: Sequence[int],
+        new_prompts: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        """One pass over the batch: feed one token to every live sequence (decode_ids must be all of
+        them, or none) and add the sequences new_ids with their prompts. Returns float32 logits
+        [len(decode_ids) + len(new_ids), vocab] for each one's next token: decode_ids in the order given,
+        then new_ids."""
         ...
 
     def release(self, seq_ids: Sequence[int]) -> None:

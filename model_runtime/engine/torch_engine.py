@@ -13,14 +13,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from model_runtime.config import ModelSettings
 from model_runtime.engine.base import EngineInfo, ModelLoadError
-from model_runtime.engine.kv_cache import AlignedKVCache
+from model_runtime.engine.kv_cache import ATTENTION_NAME, NO_MASK, AlignedKVCache
 from model_runtime.engine.loading import check_model_folder, context_length, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-# Attention implementations that take the 4D mask we build; others (flash attention) want their own
-# ragged inputs and are refused at load rather than giving wrong answers.
-SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
 def eos_token_ids(folder: Path, tokenizer: object) -> frozenset[int]:
@@ -38,43 +34,83 @@ def eos_token_ids(folder: Path, tokenizer: object) -> frozenset[int]:
 
 
 class TorchEngine:
-    def __init__(self, model: PreTrainedModel, tokenizer: object, info: EngineInfo, max_batch: int) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: object,
+        info: EngineInfo,
+        max_batch: int,
+        prefill_chunk: int = 4096,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.device = model.device
-        self._additive_mask = model.config._attn_implementation == "eager"
-        self._pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+        self.prefill_chunk = prefill_chunk
         self.cache = AlignedKVCache(max_batch, info.max_context, self.device, model.dtype)
         self._row_of: dict[int, int] = {}
         self._id_at: list[int] = []
 
     @torch.inference_mode()
+    def step(
+        self,
+        decode_ids: Sequence[int],
+        decode_tokens: Sequence[int],
+        new_ids: Sequence[int],
+        new_prompts: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        """One forward pass: the next token of every live sequence (decode_ids must be all of them, or
+        none) and the prompts of joining ones. Returns float32 logits [len(decode_ids) + len(new_ids),
+        vocab]: decode rows in the order given, then the new sequences."""
+        if decode_ids and len(decode_ids) != self.cache.rows:
+            raise ValueError(f"decode needs every live sequence ({self.cache.rows}), got {len(decode_ids)}")
+        if len(new_prompts) == 1 and len(new_prompts[0]) > self.prefill_chunk:
+            decoded = self.step(decode_ids, decode_tokens, [], []) if decode_ids else None
+            joined = self._prefill_in_chunks(new_ids[0], new_prompts[0])
+            return joined if decoded is None else torch.cat([decoded, joined])
+        rows = [self._row_of[s] for s in decode_ids]
+        in_order = rows == list(range(len(rows)))
+        tokens = list(decode_tokens)
+        if not in_order:
+            by_row = [0] * len(rows)
+            for row, token in zip(rows, decode_tokens, strict=True):
+                by_row[row] = token
+            tokens = by_row
+        positions, keep = self.cache.plan_step(len(decode_ids), [len(p) for p in new_prompts])
+        packed = torch.tensor([tokens + [t for p in new_prompts for t in p]], device=self.device)
+        logits = self._forward(packed, positions, keep)
+        self.cache.commit()
+        self._add_rows(new_ids)
+        if not in_order:
+            order = torch.tensor(
+                rows + list(range(len(rows), len(rows) + len(new_ids))), device=logits.device
+            )
+            logits = logits.index_select(0, order)
+        return logits
+
     def prefill(self, seq_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        width = max(len(p) for p in prompts)
-        padded = [[self._pad_id] * (width - len(p)) + list(p) for p in prompts]
-        mask, positions = self.cache.prepare_prefill([len(p) for p in prompts])
-        logits = self._forward(torch.tensor(padded, device=self.device), mask, positions)
+        """Add sequences while no other is live (a convenience for tests and probes)."""
+        return self.step([], [], seq_ids, prompts)
+
+    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        return self.step(seq_ids, tokens, [], [])
+
+    def _prefill_in_chunks(self, seq_id: int, prompt: Sequence[int]) -> torch.Tensor:
+        logits = None
+        for start in range(0, len(prompt), self.prefill_chunk):
+            piece = list(prompt[start : start + self.prefill_chunk])
+            positions = self.cache.plan_chunk(len(prompt), start, len(piece))
+            logits = self._forward(
+                torch.tensor([piece], device=self.device), positions, torch.tensor([len(piece) - 1])
+            )
+            self.cache.commit()
+        self._add_rows([seq_id])
+        return logits
+
+    def _add_rows(self, seq_ids: Sequence[int]) -> None:
         for seq_id in seq_ids:
             self._row_of[seq_id] = len(self._id_at)
             self._id_at.append(seq_id)
-        self.cache.commit_prefill(len(seq_ids))
-        return logits
-
-    @torch.inference_mode()
-    def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
-        if len(seq_ids) != self.cache.rows:
-            raise ValueError(f"decode needs every live sequence ({self.cache.rows}), got {len(seq_ids)}")
-        rows = [self._row_of[s] for s in seq_ids]
-        in_order = rows == list(range(len(rows)))
-        row_index = None if in_order else torch.tensor(rows, device=self.device)
-        token_tensor = torch.tensor(tokens, device=self.device)
-        if row_index is not None:
-            token_tensor = torch.empty_like(token_tensor).index_copy_(0, row_index, token_tensor)
-        mask, positions = self.cache.prepare_decode()
-        logits = self._forward(token_tensor.unsqueeze(1), mask, positions)
-        self.cache.commit_decode()
-        return logits if row_index is None else logits.index_select(0, row_index)
 
     @torch.inference_mode()
     def release(self, seq_ids: Sequence[int]) -> None:
@@ -99,27 +135,26 @@ class TorchEngine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if self._additive_mask:
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(self.model.dtype).min
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits [len(keep), vocab] in float32 at the given positions of the packed pass."""
+        token = self.cache.activate()
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=NO_MASK,
+                position_ids=positions,
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=keep,
             )
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :].float()
+        finally:
+            self.cache.deactivate(token)
+        return out.logits[0].float()
 
 
-def load_torch_engine(settings: ModelSettings, max_batch: int, attention: str = "sdpa") -> TorchEngine:
+def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> TorchEngine:
     folder = Path(settings.path)
     weights = check_model_folder(folder)
-    if attention not in SUPPORTED_ATTENTION:
-        raise ModelLoadError(f"attention {attention!r} is not supported; use one of {SUPPORTED_ATTENTION}")
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     started = time.perf_counter()
@@ -138,11 +173,14 @@ def load_torch_engine(settings: ModelSettings, max_batch: int, attention: str = 
             trust_remote_code=settings.trust_remote_code,
             weights_only=True,  # a .bin checkpoint may hold tensors only, never code
             use_safetensors=weights.kind == "safetensors",
-            attn_implementation=attention,
+            attn_implementation=ATTENTION_NAME,
         )
     except ValueError as exc:
-        # transformers says "... requires you to execute code ... trust_remote_code" and similar here.
+        # transformers says "... requires you to execute code ... trust_remote_code", or that the
+        # architecture does not take a custom attention function, here.
         raise ModelLoadError(f"{folder}: {exc}") from exc
+    if not getattr(model, "_supports_attention_backend", False):
+        raise ModelLoadError(f"{folder}: {type(model).__name__} does not take a pluggable attention function")
     model.to(device).eval()
     seconds = time.perf_counter() - started
     info = EngineInfo(
@@ -164,4 +202,4 @@ def load_torch_engine(settings: ModelSettings, max_batch: int, attention: str = 
             "load_seconds": round(seconds, 3),
         },
     )
-    return TorchEngine(model, tokenizer, info, max_batch)
+    return TorchEngine(model, tokenizer, info, max_batch, prefill_chunk)

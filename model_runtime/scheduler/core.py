@@ -16,66 +16,29 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from model_runtime.config import SchedulerSettings
-from model_runtime.engine.base import Engine, EngineError
-from model_runtime.scheduler.sampling import SampleRow, SamplingParams, TokenLogprobs, make_generator, sample
+from model_runtime.engine.base import Engine
+from model_runtime.scheduler.events import (
+    Dispatch,
+    EngineError,
+    Event,
+    Handle,
+    QueueFull,
+    QueueTimeout,
+    RequestTimeout,
+    SchedulerClosed,
+    Sink,
+    TokenLogprobs,
+    deliver_here,
+)
+from model_runtime.scheduler.params import SamplingParams
+from model_runtime.scheduler.sampling import SampleRow, make_generator, sample
 from model_runtime.scheduler.text import IncrementalText
 
 log = logging.getLogger(__name__)
-
-
-class SchedulerError(RuntimeError):
-    """Base of the reasons a sequence ends without a normal finish."""
-
-
-class QueueFull(SchedulerError):
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("the server is at capacity; retry later")
-        self.retry_after = retry_after
-
-
-class QueueTimeout(SchedulerError):
-    def __init__(self, waited: float, retry_after: float) -> None:
-        super().__init__(f"no batch slot became free within {waited:.0f}s; retry later")
-        self.retry_after = retry_after
-
-
-class RequestTimeout(SchedulerError):
-    def __init__(self, limit: float) -> None:
-        super().__init__(f"the request ran longer than the server's limit of {limit:.0f}s")
-
-
-class SchedulerClosed(SchedulerError):
-    def __init__(self) -> None:
-        super().__init__("the model is being unloaded")
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress of one choice of a request, for one step."""
-
-    index: int
-    text: str
-    tokens: int  # generated so far
-    finish_reason: str | None = None  # "stop", "length", "cancelled"
-    logprobs: tuple[TokenLogprobs, ...] = ()
-    error: Exception | None = None  # a SchedulerError or EngineError: the choice ended abnormally
-
-
-class Sink(Protocol):
-    def deliver(self, events: list[Event]) -> None:
-        """Called on the scheduler thread, at most once per step; must not block."""
-
-
-class Metrics(Protocol):
-    def observe_step(self, waiting: int, running: int) -> None: ...
-    def observe_first_token(self, seconds: float) -> None: ...
-    def observe_inter_token(self, seconds: float) -> None: ...
-    def count_tokens(self, prompt: int, generated: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -90,7 +53,6 @@ class _Seq:
     generator: torch.Generator | None
     generated: int = 0
     last_token: int = -1
-    last_token_at: float = 0.0
     finish_reason: str | None = None
     error: Exception | None = None
     pending_text: str = ""  # released by IncrementalText, not yet delivered
@@ -98,16 +60,18 @@ class _Seq:
     pending: list[TokenLogprobs] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Handle:
-    seq_ids: tuple[int, ...]
-
-
 class Scheduler:
-    def __init__(self, engine: Engine, settings: SchedulerSettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: SchedulerSettings,
+        dispatch: Dispatch = deliver_here,
+    ) -> None:
+        """dispatch hands each step's events to their sinks; a server passes one that moves the whole
+        step to its event loop in one wake-up instead of one per request."""
         self.engine = engine
+        self._dispatch = dispatch
         self.settings = settings
-        self.metrics = metrics
         self._eos = sorted(engine.info.eos_token_ids)
         self._ids = itertools.count()
         self._cond = threading.Condition()
@@ -187,20 +151,17 @@ class Scheduler:
             for seq in expired:
                 self._emit(seq, touched)
             self._apply_cancellations(cancelled, touched)
+            self._retire(touched)  # cancelled sequences leave before the pass
             try:
-                if admitted:
-                    self._prefill(admitted, touched)
-                if self._running:
-                    self._decode(touched)
+                if admitted or self._running:
+                    self._step(admitted, touched)
             except Exception as exc:  # the engine failed: end everything live, keep serving
                 log.exception("engine step failed; resetting the batch")
                 self._fail_all(EngineError(f"the engine failed: {exc}"), touched)
             self._retire(touched)
-            for sink, events in touched.values():
-                sink.deliver(events)
+            if touched:
+                self._dispatch(list(touched.values()))
             self._step_seconds = 0.9 * self._step_seconds + 0.1 * (time.monotonic() - started)
-            if self.metrics:
-                self.metrics.observe_step(len(self._waiting), len(self._running))
 
     def _take_expired_locked(self, now: float) -> list[_Seq]:
         limit = self.settings.queue_timeout_s
@@ -211,19 +172,20 @@ class Scheduler:
         return expired
 
     def _admit_locked(self) -> list[_Seq]:
+        """Waiting sequences for one prefill: as many as there are slots and prefill budget (prompt
+        tokens), in arrival order; a prompt longer than the budget goes alone (the engine chunks it)."""
         admitted: list[_Seq] = []
-        width = 0
+        tokens = 0
         while self._waiting and len(self._running) + len(admitted) < self.settings.max_batch_size:
             seq = self._waiting[0]
             if seq.id in self._cancelled:
                 self._waiting.popleft()
                 self._cancelled.discard(seq.id)
                 continue
-            new_width = max(width, len(seq.prompt))
-            if admitted and new_width * (len(admitted) + 1) > self.settings.max_prefill_tokens:
+            if admitted and tokens + len(seq.prompt) > self.settings.max_prefill_tokens:
                 break
             admitted.append(self._waiting.popleft())
-            width = new_width
+            tokens += len(seq.prompt)
         return admitted
 
     def _apply_cancellations(self, cancelled: set[int], touched: dict) -> None:
@@ -234,23 +196,19 @@ class Scheduler:
                 seq.finish_reason = "cancelled"
                 self._emit(seq, touched)
 
-    def _prefill(self, admitted: list[_Seq], touched: dict) -> None:
-        logits = self.engine.prefill([s.id for s in admitted], [s.prompt for s in admitted])
-        now = time.monotonic()
-        for seq in admitted:
-            seq.last_token_at = now
-        self._running.extend(admitted)
-        if self.metrics:
-            self.metrics.count_tokens(sum(len(s.prompt) for s in admitted), 0)
-        self._advance(admitted, logits, touched, first=True)
+    def _step(self, admitted: list[_Seq], touched: dict) -> None:
+        """One engine pass: the next token of every running sequence and the prompts that join."""
+        live = self._running  # cancelled ones left in _retire before this step
+        self._running = live + admitted  # so that an engine failure ends the joining ones too
+        logits = self.engine.step(
+            [s.id for s in live],
+            [s.last_token for s in live],
+            [s.id for s in admitted],
+            [s.prompt for s in admitted],
+        )
+        self._advance(self._running, logits, touched)
 
-    def _decode(self, touched: dict) -> None:
-        live = [s for s in self._running if s.finish_reason is None and s.error is None]
-        # Finished sequences are released before the next step, so live == running here.
-        logits = self.engine.decode([s.id for s in live], [s.last_token for s in live])
-        self._advance(live, logits, touched, first=False)
-
-    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, touched: dict, first: bool) -> None:
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor, touched: dict) -> None:
         rows = [
             SampleRow(
                 s.params,
@@ -263,18 +221,11 @@ class Scheduler:
         tokens, logprobs = sample(logits, rows, self._eos)
         now = time.monotonic()
         deadline = self.settings.request_timeout_s
-        generated = 0
         for seq, token, lp in zip(seqs, tokens, logprobs, strict=True):
-            if self.metrics:
-                if first:
-                    self.metrics.observe_first_token(now - seq.arrival)
-                else:
-                    self.metrics.observe_inter_token(now - seq.last_token_at)
-            seq.last_token, seq.last_token_at = token, now
+            seq.last_token = token
             seq.generated += 1
             if seq.params.adjusts_logits:
                 seq.output.append(token)
-            generated += 1
             if lp is not None:
                 seq.pending.append(lp)
             if token in self._eos and not seq.params.ignore_eos:
@@ -290,8 +241,6 @@ class Scheduler:
                 elif now - seq.arrival > deadline:
                     seq.error = RequestTimeout(deadline)
             self._emit(seq, touched)
-        if self.metrics:
-            self.metrics.count_tokens(0, generated)
 
     def _emit(self, seq: _Seq, touched: dict) -> None:
         if seq.finish_reason is not None or seq.error is not None:
@@ -325,5 +274,5 @@ class Scheduler:
         self._waiting.clear()
         self.engine.reset()
         self._running = []
-        for sink, events in touched.values():
-            sink.deliver(events)
+        if touched:
+            self._dispatch(list(touched.values()))

@@ -11,28 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the k most likely
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-
-    @property
-    def adjusts_logits(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from model_runtime.scheduler.events import TokenLogprobs
+from model_runtime.scheduler.params import SamplingParams
 
 
 @dataclass
@@ -43,13 +23,6 @@ class SampleRow:
     generator: torch.Generator | None
     suppress_eos: bool
     output: Sequence[int] = ()  # tokens generated so far; read only when penalties are set
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:

@@ -11,16 +11,17 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from model_runtime import __version__
+from model_runtime.scheduler.events import Dispatch
 from model_runtime.server import chat, completions, health, metrics, models
 from model_runtime.server.auth import require_api_key
 from model_runtime.server.errors import install_error_handlers
 from model_runtime.server.middleware import EdgeMiddleware
 from model_runtime.server.protocol import ErrorResponse
-from model_runtime.server.state import RuntimeState, ServedModel
+from model_runtime.server.state import RuntimeState, ServedModel, loop_dispatch
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[], ServedModel]
+Loader = Callable[[Dispatch], ServedModel]
 
 # Documented on every /v1 operation so the OpenAPI document lists the error envelope.
 ERROR_RESPONSES: dict[int | str, dict] = {
@@ -39,7 +40,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None]) -> None:
     try:
-        served = await asyncio.to_thread(loader)
+        served = await asyncio.to_thread(loader, loop_dispatch(asyncio.get_running_loop()))
     except Exception as exc:
         log.exception("model failed to load")
         runtime.set_phase("failed", f"{type(exc).__name__}: {exc}")

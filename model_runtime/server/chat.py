@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from jinja2 import TemplateError
 
-from model_runtime.scheduler.core import Event
-from model_runtime.scheduler.sampling import TokenLogprobs
+from model_runtime.scheduler.events import Event, TokenLogprobs
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import Envelope, TokenTexts
 from model_runtime.server.generation import (
@@ -37,7 +36,7 @@ router = APIRouter()
 def chat_prompt(req: ChatCompletionRequest, served: ServedModel) -> list[int]:
     if not req.messages:
         raise bad_request("messages must not be empty", "messages")
-    tokenizer = served.engine.tokenizer
+    tokenizer = served.tokenizer
     if not tokenizer.chat_template:
         raise bad_request(f"{served.name} has no chat template; use /v1/completions", "messages")
     # OpenAI's "developer" role is the system role under another name.
@@ -63,7 +62,7 @@ def _unsupported(req: ChatCompletionRequest) -> None:
 class ChatFormatter:
     def __init__(self, served: ServedModel, logprobs: int | None) -> None:
         self.envelope = Envelope(served, "chat.completion.chunk", "chatcmpl")
-        self._texts = TokenTexts(served.engine.tokenizer) if logprobs is not None else None
+        self._texts = TokenTexts(served.tokenizer) if logprobs is not None else None
 
     def _logprobs(self, entries: list[TokenLogprobs] | tuple[TokenLogprobs, ...]) -> ChatLogprobs | None:
         if self._texts is None:
@@ -83,7 +82,7 @@ class ChatFormatter:
             ]
         )
 
-    def chunks(self, event: Event, first: bool) -> list[dict[str, Any]]:
+    def chunks(self, event: Event, first: bool) -> list[str]:
         envelope, chunks = self.envelope, []
         if first:
             chunks.append(

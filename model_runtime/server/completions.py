@@ -6,8 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from model_runtime.scheduler.core import Event
-from model_runtime.scheduler.sampling import TokenLogprobs
+from model_runtime.scheduler.events import Event, TokenLogprobs
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import Envelope, TokenTexts
 from model_runtime.server.generation import (
@@ -33,7 +32,7 @@ router = APIRouter()
 def tokenize_prompts(
     prompt: str | list[str] | list[int] | list[list[int]], served: ServedModel
 ) -> list[list[int]]:
-    tokenizer = served.engine.tokenizer
+    tokenizer = served.tokenizer
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
@@ -58,7 +57,7 @@ def tokenize_prompts(
 class CompletionFormatter:
     def __init__(self, served: ServedModel, logprobs: int | None) -> None:
         self.envelope = Envelope(served, "text_completion", "cmpl")
-        self._texts = TokenTexts(served.engine.tokenizer) if logprobs is not None else None
+        self._texts = TokenTexts(served.tokenizer) if logprobs is not None else None
         self._top = bool(logprobs)
         self._offsets: dict[int, int] = {}
 
@@ -80,7 +79,7 @@ class CompletionFormatter:
             text_offset=offsets,
         )
 
-    def chunks(self, event: Event, first: bool) -> list[dict[str, Any]]:
+    def chunks(self, event: Event, first: bool) -> list[str]:
         if not event.text and event.finish_reason is None and not event.logprobs:
             return []
         logprobs = self._logprobs(event.index, event.logprobs)

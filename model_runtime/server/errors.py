@@ -15,8 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_runtime.engine.base import EngineError
-from model_runtime.scheduler.core import QueueFull, QueueTimeout, RequestTimeout, SchedulerClosed
+from model_runtime.scheduler.events import (
+    EngineError,
+    QueueFull,
+    QueueTimeout,
+    RequestTimeout,
+    SchedulerClosed,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,11 @@ class Envelope:
 
     def __post_init__(self) -> None:
         self.id = new_id(self.prefix)
+        # Every streamed chunk starts the same way: serialise that once, not once per token.
+        head = json.dumps(
+            {"object": self.object_name, **self.head()}, separators=(",", ":"), ensure_ascii=False
+        )
+        self._chunk_prefix = head[:-1] + ',"choices":'
 
     def head(self) -> dict[str, Any]:
         return {
@@ -33,11 +39,12 @@ class Envelope:
             "system_fingerprint": self.served.fingerprint,
         }
 
-    def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"object": self.object_name, **self.head(), "choices": choices}
+    def chunk(self, choices: list[dict[str, Any]]) -> str:
+        """One streamed chunk as JSON text."""
+        return self._chunk_prefix + json.dumps(choices, separators=(",", ":"), ensure_ascii=False) + "}"
 
-    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
-        return {**self.chunk([]), "usage": usage.model_dump()}
+    def usage_chunk(self, usage: Usage) -> str:
+        return self._chunk_prefix + '[],"usage":' + usage.model_dump_json() + "}"
 
 
 class TokenTexts:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from model_runtime.scheduler.core import Event, Handle
-from model_runtime.scheduler.sampling import SamplingParams, TokenLogprobs
+from model_runtime.scheduler.events import Event, Handle, TokenLogprobs
+from model_runtime.scheduler.params import SamplingParams
 from model_runtime.server.errors import APIError, bad_request, from_exception
 from model_runtime.server.protocol import Usage, _SamplingFields
 from model_runtime.server.state import RuntimeState, ServedModel
@@ -33,7 +33,7 @@ def resolve_max_tokens(
 ) -> int:
     """The generation budget: what the client asked for, if it fits the context; all that is left when
     it did not ask. A prompt that fills the context, or an explicit budget that overflows it, is a 400."""
-    context = served.engine.info.max_context
+    context = served.info.max_context
     if prompt_tokens >= context:
         raise bad_request(
             f"This model's maximum context length is {context} tokens. However, your {prompt_param} "
@@ -61,7 +61,7 @@ def check_common(req: _SamplingFields, state: RuntimeState, served: ServedModel)
             f"n is too large: {req.n}; this server allows at most {state.settings.scheduler.max_n}", "n"
         )
     bias: dict[int, float] = {}
-    vocab = len(served.engine.tokenizer)
+    vocab = len(served.tokenizer)
     for key, value in (req.logit_bias or {}).items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
             raise bad_request(
@@ -97,15 +97,16 @@ def sampling_params(
 
 
 class _QueueSink:
-    """Hands a step's events to the request's event loop: one wake-up per step, not per token."""
+    """Receives a step's events on the event loop (see state.loop_dispatch) and queues them for the
+    request; prompt k of a batch numbers its choices from k * n."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, offset: int) -> None:
-        self._loop, self._queue, self._offset = loop, queue, offset
+    def __init__(self, queue: asyncio.Queue, offset: int) -> None:
+        self._queue, self._offset = queue, offset
 
     def deliver(self, events: list[Event]) -> None:
         if self._offset:
             events = [replace(e, index=e.index + self._offset) for e in events]
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+        self._queue.put_nowait(events)
 
 
 class Generation:
@@ -119,22 +120,25 @@ class Generation:
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self._open = len(prompts) * len(params)
         self._handles: list[Handle] = []
-        loop = asyncio.get_running_loop()
         try:
             for k, prompt in enumerate(prompts):
-                sink = _QueueSink(loop, self._queue, k * len(params))
+                sink = _QueueSink(self._queue, k * len(params))
                 self._handles.append(served.scheduler.submit(prompt, params, sink))
         except Exception as exc:
             self.close()
             raise from_exception(exc) from exc
 
     async def next_events(self) -> list[Event] | None:
-        """The next step's events, or None when every choice has finished."""
+        """Everything that arrived since the last call (at least one step's events; when the client
+        reads slower than the model writes, several steps merged, one event per choice), or None when
+        every choice has finished."""
         if self._open == 0:
             return None
         events = await self._queue.get()
+        while not self._queue.empty():
+            events = events + self._queue.get_nowait()
         self._open -= sum(1 for e in events if e.finish_reason or e.error)
-        return events
+        return _merge(events) if len(events) > 1 else events
 
     def close(self) -> None:
         """Stop whatever is still generating (client gone, error, shutdown)."""
@@ -144,10 +148,23 @@ class Generation:
         self._open = 0
 
 
+def _merge(events: list[Event]) -> list[Event]:
+    merged: dict[int, Event] = {}
+    for event in events:
+        earlier = merged.get(event.index)
+        if earlier is None:
+            merged[event.index] = event
+        else:
+            merged[event.index] = replace(
+                event, text=earlier.text + event.text, logprobs=earlier.logprobs + event.logprobs
+            )
+    return list(merged.values())
+
+
 class Formatter(Protocol):
     """How one endpoint writes choices: streamed chunks and the final body."""
 
-    def chunks(self, event: Event, first: bool) -> list[dict[str, Any]]: ...
+    def chunks(self, event: Event, first: bool) -> list[str]: ...
     def body(self, choices: list[ChoiceResult], usage: Usage) -> Any: ...
 
 
@@ -168,13 +185,11 @@ def now() -> int:
     return int(time.time())
 
 
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    data = (
-        payload
-        if isinstance(payload, str)
-        else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    )
-    return f"data: {data}\n\n".encode()
+def _sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+_DONE = _sse("[DONE]")
 
 
 def _raise_if_failed(events: list[Event]) -> None:
@@ -189,7 +204,7 @@ async def respond(
     stream: bool,
     include_usage: bool,
     request: Request,
-    usage_chunk: Callable[[Usage], dict[str, Any]],
+    usage_chunk: Callable[[Usage], str],
 ) -> Any:
     """Stream or collect. The first step's events are awaited before any header is sent, so a request
     that fails to start (queue timeout, engine error) still gets its proper status code."""
@@ -246,26 +261,27 @@ async def _stream(
     formatter: Formatter,
     first: list[Event] | None,
     include_usage: bool,
-    usage_chunk: Callable[[Usage], dict[str, Any]],
-) -> AsyncIterator[bytes]:
+    usage_chunk: Callable[[Usage], str],
+) -> AsyncIterator[str]:
     results: dict[int, ChoiceResult] = {}
     try:
         events = first
         while events is not None:
+            parts = []  # one write per wake-up, however many chunks it carries
             for event in events:
                 if event.error is not None:
-                    yield _sse(from_exception(event.error).body())
-                    yield _sse("[DONE]")
+                    yield "".join(parts) + _sse(json.dumps(from_exception(event.error).body())) + _DONE
                     return
                 is_first = event.index not in results
                 _accumulate(results, event)
-                for chunk in formatter.chunks(event, is_first):
-                    yield _sse(chunk)
+                parts.extend(_sse(chunk) for chunk in formatter.chunks(event, is_first))
+            if parts:
+                yield "".join(parts)
             events = await generation.next_events()
         if include_usage:
             choices = [results[i] for i in sorted(results)]
             yield _sse(usage_chunk(_usage(generation, choices)))
-        yield _sse("[DONE]")
+        yield _DONE
     finally:
         # Runs when the client disconnects too (the response task is cancelled): stop generating.
         generation.close()

@@ -14,7 +14,7 @@ def list_models(request: Request) -> ModelList:
     runtime = request.app.state.runtime
     return ModelList(
         data=[
-            ModelCard(id=name, created=m.created, version=m.version, max_model_len=m.engine.info.max_context)
+            ModelCard(id=name, created=m.created, version=m.version, max_model_len=m.info.max_context)
             for name, m in runtime.models.items()
         ]
     )

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from types import FrameType
 
-import torch
 import uvicorn
 
 from model_runtime.config import Settings
+from model_runtime.scheduler.events import Dispatch
 from model_runtime.server.app import create_app
-from model_runtime.server.state import RuntimeState, load_served_model
+from model_runtime.server.state import RuntimeState, ServedModel, start_served_model
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +70,13 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Run until drained; return the process exit code."""
-    torch.set_num_threads(settings.scheduler.torch_threads or os.cpu_count() or 1)
     runtime = RuntimeState(settings, settings.api_keys())
     server: DrainingServer | None = None
 
-    def loader() -> object:
-        return load_served_model(settings.model, settings.scheduler, runtime.metrics)
+    def loader(dispatch: Dispatch) -> ServedModel:
+        served = start_served_model(settings, runtime.metrics, dispatch)
+        served.scheduler.on_death = on_fatal  # a dead engine makes this replica useless: exit, get restarted
+        return served
 
     def on_fatal(reason: str) -> None:
         assert server is not None

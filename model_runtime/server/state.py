@@ -7,30 +7,32 @@ several, swapping a version under a name and serving an ensemble under a name ar
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
 from model_runtime import __version__
-from model_runtime.config import ModelSettings, SchedulerSettings, Settings
-from model_runtime.engine.base import Engine
-from model_runtime.engine.torch_engine import load_torch_engine
-from model_runtime.scheduler.core import Event, Scheduler
-from model_runtime.scheduler.sampling import SamplingParams
+from model_runtime.config import Settings
+from model_runtime.engine.base import EngineInfo
+from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
+from model_runtime.scheduler.worker import EngineProcess, WorkerSpec
 from model_runtime.server.errors import APIError, not_ready
 from model_runtime.server.metrics import RuntimeMetrics
 
 Phase = Literal["loading", "ready", "draining", "failed"]
-WARMUP_PROMPT = "Hello"
 
 
 @dataclass
 class ServedModel:
+    """One entry of the table: a name, the version behind it, and its engine process."""
+
     name: str
     version: str
-    engine: Engine
-    scheduler: Scheduler
+    info: EngineInfo
+    tokenizer: PreTrainedTokenizerBase
+    scheduler: EngineProcess
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -40,50 +42,32 @@ class ServedModel:
 
     def close(self) -> None:
         self.scheduler.stop()
-        self.engine.close()
 
 
-class _WaitSink:
-    def __init__(self, choices: int) -> None:
-        self.remaining = choices
-        self.events: list[Event] = []
-        self.done = threading.Event()
+def loop_dispatch(loop: asyncio.AbstractEventLoop) -> Dispatch:
+    """Move a whole engine step to the event loop in one wake-up; the sinks then run on the loop."""
 
-    def deliver(self, events: list[Event]) -> None:
-        self.events.extend(events)
-        self.remaining -= sum(1 for e in events if e.finish_reason or e.error)
-        if self.remaining <= 0:
-            self.done.set()
+    def dispatch(batch: list[tuple[Sink, list[Event]]]) -> None:
+        loop.call_soon_threadsafe(deliver_here, batch)
+
+    return dispatch
 
 
-def warm_up(served: ServedModel, timeout: float = 120.0) -> None:
-    """Run one short generation through the scheduler so the first client does not pay for lazy
-    initialisation (kernel selection, cache allocation); raises if the model cannot generate."""
-    sink = _WaitSink(1)
-    prompt = served.engine.tokenizer(WARMUP_PROMPT)["input_ids"] or [0]
-    served.scheduler.submit(prompt, [SamplingParams(max_tokens=4, temperature=0.0)], sink)
-    if not sink.done.wait(timeout):
-        raise RuntimeError(f"warm-up of {served.name} did not finish within {timeout:.0f}s")
-    errors = [e.error for e in sink.events if e.error]
-    if errors:
-        raise RuntimeError(f"warm-up of {served.name} failed: {errors[0]}")
-
-
-def load_served_model(
-    model: ModelSettings, scheduler_settings: SchedulerSettings, metrics: RuntimeMetrics
-) -> ServedModel:
-    engine = load_torch_engine(model, max_batch=scheduler_settings.max_batch_size)
+def start_served_model(settings: Settings, metrics: RuntimeMetrics, dispatch: Dispatch) -> ServedModel:
+    """Start an engine process for settings.model, wait until it is loaded and warm (blocking)."""
+    model = settings.model
     version = model.version or "unversioned"
-    metrics.load_seconds.labels(model=model.name, version=version).set(engine.info.load_seconds)
-    scheduler = Scheduler(engine, scheduler_settings, metrics.for_model(model.name))
-    scheduler.start()
-    served = ServedModel(model.name, version, engine, scheduler)
-    try:
-        warm_up(served)
-    except Exception:
-        served.close()
-        raise
-    return served
+    engine = EngineProcess(
+        WorkerSpec(model=model, scheduler=settings.scheduler, logging=settings.logging),
+        metrics.for_model(model.name),
+    )
+    info = engine.start(dispatch)
+    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
+    tokenizer = AutoTokenizer.from_pretrained(
+        model.path, local_files_only=True, trust_remote_code=model.trust_remote_code
+    )
+    metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
+    return ServedModel(model.name, version, info, tokenizer, engine)
 
 
 class RuntimeState:

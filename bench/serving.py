@@ -1,0 +1,202 @@
+"""Serving throughput on this machine, every figure measured in this one run on the same prompts
+(greedy, same number of new tokens for every request):
+
+  a    sequential `model.generate`, one request at a time
+  b    the prompts in left-padded batches of 16 through `model.generate` (the engine's ceiling here)
+  c1   this server over HTTP, 1 stream at a time
+  c16  this server over HTTP, 16 concurrent streams
+  t16  `transformers serve --continuous-batching` (paged cache sized as ours), 16 concurrent streams
+
+on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios.
+Run: make bench   (or: .venv/bin/python -m bench.serving [--quick])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench.load import LoadResult, run_streams
+from model_runtime.demo.corpus import load_corpus
+from tests.support.models import REPO, ensure_demo_model, random_model
+from tests.support.server import API_KEY, RuntimeProcess, free_port
+
+CONCURRENCY = 16
+
+
+def bench_prompts(tokenizer, count: int) -> list[str]:
+    """Held-out licence paragraphs cut to 16..48 tokens: realistic, varied, and never seen in training."""
+    paragraphs = [p for p in load_corpus().held_out if len(tokenizer(p)["input_ids"]) >= 48]
+    prompts = []
+    for i in range(count):
+        ids = tokenizer(paragraphs[i % len(paragraphs)])["input_ids"][: 16 + (i * 7) % 33]
+        prompts.append(tokenizer.decode(ids))
+    return prompts
+
+
+def generate_sequential(model, tokenizer, prompts: list[str], new_tokens: int) -> LoadResult:
+    started, tokens = time.perf_counter(), 0
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        tokens += out.shape[1] - inputs["input_ids"].shape[1]
+    return LoadResult(len(prompts), tokens, time.perf_counter() - started, 0)
+
+
+def generate_padded(model, tokenizer, prompts: list[str], new_tokens: int) -> LoadResult:
+    tokenizer.padding_side = "left"
+    started, tokens = time.perf_counter(), 0
+    for first in range(0, len(prompts), CONCURRENCY):
+        inputs = tokenizer(prompts[first : first + CONCURRENCY], return_tensors="pt", padding=True)
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * inputs["input_ids"].shape[0]
+    return LoadResult(len(prompts), tokens, time.perf_counter() - started, 0)
+
+
+def bodies(model_name: str, prompts: list[str], new_tokens: int, extra: dict) -> list[dict]:
+    return [
+        {
+            "model": model_name,
+            "prompt": p,
+            "max_tokens": new_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **extra,
+        }
+        for p in prompts
+    ]
+
+
+def measure_ours(
+    folder: Path, prompts: list[str], new_tokens: int, workdir: Path
+) -> tuple[LoadResult, LoadResult]:
+    # The server's default thread policy (see SchedulerSettings.engine_threads), not a bench-only one.
+    server = RuntimeProcess(folder, workdir, {"scheduler": {"torch_threads": None}}, name="bench").start()
+    try:
+        extra = {"ignore_eos": True}
+        run_streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)  # warm the path
+        c1 = run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), 1, API_KEY)
+        c16 = run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
+    finally:
+        server.stop()
+    return c1, c16
+
+
+def measure_transformers_serve(
+    folder: Path, prompts: list[str], new_tokens: int, tokenizer
+) -> LoadResult | None:
+    """transformers' own server with continuous batching, its paged cache sized to what ours holds."""
+    executable = shutil.which("transformers", path=str(Path(sys.executable).parent))
+    if executable is None:
+        return None
+    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts) + new_tokens
+    block = 32
+    blocks = CONCURRENCY * math.ceil(longest / block) + CONCURRENCY  # every stream at its longest, plus slack
+    port = free_port()
+    command = [
+        executable, "serve", str(folder), "--continuous-batching",
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "error",
+        "--cb-block-size", str(block), "--cb-num-blocks", str(blocks),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    print(
+                        "transformers serve did not start:\n" + log.read().decode()[-2000:], file=sys.stderr
+                    )
+                    return None
+                time.sleep(0.5)
+            # Same work as ours: exactly new_tokens per request (its way to say ignore_eos).
+            config = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+            extra = {"generation_config": json.dumps(config)}
+            run_streams(base, bodies(str(folder), prompts[:2], 4, extra), 2)
+            return run_streams(base, bodies(str(folder), prompts, new_tokens, extra), CONCURRENCY)
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def measure_model(label: str, folder: Path, prompt_count: int, new_tokens: int, workdir: Path) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = bench_prompts(tokenizer, prompt_count)
+    generate_padded(model, tokenizer, prompts[:2], 2)  # warm kernels
+    with torch.inference_mode():
+        a = generate_sequential(model, tokenizer, prompts, new_tokens)
+        b = generate_padded(model, tokenizer, prompts, new_tokens)
+    del model
+    c1, c16 = measure_ours(folder, prompts, new_tokens, workdir)
+    t16 = measure_transformers_serve(folder, prompts, new_tokens, tokenizer)
+    return {"label": label, "a": a, "b": b, "c1": c1, "c16": c16, "t16": t16}
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print("| model | a: generate x1 | b: padded batch | c1: ours, 1 stream | c16: ours, 16 streams | "
+          "t16: transformers serve, 16 | c16/a | c16/b | c1/a | c16/t16 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        a, b, c1, c16, t16 = (
+            r[k].tokens_per_second if r[k] else math.nan for k in ("a", "b", "c1", "c16", "t16")
+        )
+        print(
+            f"| {r['label']} | {a:.0f} tok/s | {b:.0f} tok/s | {c1:.0f} tok/s | {c16:.0f} tok/s "
+            f"| {t16:.0f} tok/s | {c16 / a:.2f} | {c16 / b:.2f} | {c1 / a:.2f} | {c16 / t16:.2f} |"
+        )
+    failed = sum(r[k].failed for r in rows for k in ("c1", "c16", "t16") if r[k])
+    print(f"\nfailed requests: {failed}; machine: {os.cpu_count()} CPU threads, torch {torch.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="demo model only, fewer tokens (a smoke run)")
+    args = parser.parse_args()
+    demo = ensure_demo_model()
+    cache = REPO / ".cache"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # Several rounds of 16 per measurement: one round is too short to measure on a noisy machine.
+        rows = [
+            measure_model(
+                "demo (2M, trained)", demo, 16 if args.quick else 64, 16 if args.quick else 96, work
+            )
+        ]
+        if not args.quick:
+            big = random_model(cache / "bench-llama-100m", demo, "llama", "100m")
+            rows.append(measure_model("llama 100M (random)", big, 32, 32, work))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""The engine in a process of its own, driven from the HTTP process through two pipes.
+
+Why a process: a small model's forward pass is mostly Python, and so is serving HTTP. In one process
+both want the one interpreter lock and each stalls the other, which on two cores cost a third of the
+throughput. Apart, the engine process spends its lock on the model alone and the HTTP process streams
+in parallel. Each step crosses the pipe once, as one message with every request's events.
+
+It also makes a model version a unit that can be started beside another and ended cleanly (hot swap),
+and an engine that crashes takes no HTTP connection with it unanswered.
+
+Protocol (pickled tuples). To the worker: ("submit", key, prompt, params), ("cancel", key), ("stop",).
+From the worker: ("ready", EngineInfo) or ("failed", reason) once, then ("step", waiting, running,
+[(key, [Event, ...]), ...]) per step, and ("stopped",) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from model_runtime.config import LoggingSettings, ModelSettings, SchedulerSettings
+from model_runtime.engine.base import EngineInfo, ModelLoadError
+from model_runtime.scheduler.events import (
+    Dispatch,
+    EngineError,
+    Event,
+    Handle,
+    QueueFull,
+    SchedulerClosed,
+    SchedulerError,
+    Sink,
+)
+from model_runtime.scheduler.params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "Hello"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model: ModelSettings
+    scheduler: SchedulerSettings
+    logging: LoggingSettings
+
+
+class StepObserver:
+    """Metrics that the HTTP process takes from each step (see server.metrics.ModelMetrics)."""
+
+    def observe_step(self, waiting: int, running: int) -> None: ...
+    def observe_first_token(self, seconds: float) -> None: ...
+    def observe_inter_token(self, seconds: float) -> None: ...
+    def count_tokens(self, prompt: int, generated: int) -> None: ...
+
+
+# --- the worker process ---------------------------------------------------------------------------------
+class _KeySink:
+    """Stands for a request of the HTTP process inside the worker; dispatch sends its events by key."""
+
+    def __init__(self, key: int, choices: int) -> None:
+        self.key = key
+        self.open = choices
+
+    def deliver(self, events: list[Event]) -> None:
+        raise AssertionError("the worker's dispatch sends keyed events; it never delivers them here")
+
+
+class _WaitSink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def deliver(self, events: list[Event]) -> None:
+        self.events.extend(events)
+        if any(e.final for e in events):
+            self.done.set()
+
+
+def _warm_up(scheduler: Any, tokenizer: Any, timeout: float = 300.0) -> None:
+    """One short generation before the first client, so that nobody pays for lazy initialisation, and
+    a model that cannot generate fails here rather than on traffic."""
+    sink = _WaitSink()
+    prompt = tokenizer(WARMUP_PROMPT)["input_ids"] or [0]
+    scheduler.submit(prompt, [SamplingParams(max_tokens=4, temperature=0.0)], sink)
+    if not sink.done.wait(timeout):
+        raise EngineError(f"warm-up generation did not finish within {timeout:.0f}s")
+    errors = [e.error for e in sink.events if e.error]
+    if errors:
+        raise EngineError(f"warm-up generation failed: {errors[0]}")
+
+
+class _Worker:
+    """The engine process: the scheduler over the engine, fed by the command pipe."""
+
+    def __init__(self, spec: WorkerSpec, commands: Connection, events: Connection) -> None:
+        self.spec = spec
+        self.commands = commands
+        self.events = events
+        self.send_lock = threading.Lock()  # the scheduler thread and the command loop both send
+        self.handles: dict[int, Handle] = {}
+        self.scheduler: Any = None
+
+    def send(self, message: tuple) -> None:
+        with self.send_lock:
+            self.events.send(message)
+
+    def dispatch(self, batch: list[tuple[Sink, list[Event]]]) -> None:
+        keyed = []
+        for sink, sink_events in batch:
+            if isinstance(sink, _KeySink):
+                keyed.append((sink.key, sink_events))
+                sink.open -= sum(1 for e in sink_events if e.final)
+                if sink.open <= 0:
+                    self.handles.pop(sink.key, None)
+            else:
+                sink.deliver(sink_events)  # the warm-up's own sink
+        if keyed:
+            self.send(("step", *self.scheduler.load, keyed))
+
+    def start(self) -> bool:
+        import torch
+
+        from model_runtime.engine.threads import choose_threads
+        from model_runtime.engine.torch_engine import load_torch_engine
+        from model_runtime.scheduler.core import Scheduler
+
+        settings = self.spec.scheduler
+        try:
+            self.engine = load_torch_engine(
+                self.spec.model, settings.max_batch_size, prefill_chunk=settings.max_prefill_tokens
+            )
+            if settings.torch_threads:
+                torch.set_num_threads(settings.torch_threads)
+            else:
+                choose_threads(self.engine, settings.max_batch_size)
+            self.scheduler = Scheduler(self.engine, settings, self.dispatch)
+            self.scheduler.start()
+            _warm_up(self.scheduler, self.engine.tokenizer)
+        except Exception as exc:
+            log.exception("engine failed to start")
+            self.send(("failed", f"{type(exc).__name__}: {exc}"))
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            return False
+        self.send(("ready", self.engine.info))
+        return True
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message = self.commands.recv()
+            except (EOFError, OSError):
+                break  # the HTTP process is gone: nobody is left to answer
+            if message[0] == "submit":
+                self.submit(*message[1:])
+            elif message[0] == "cancel":
+                handle = self.handles.pop(message[1], None)
+                if handle is not None:
+                    self.scheduler.cancel(handle)
+            elif message[0] == "stop":
+                break
+        self.scheduler.stop()
+        self.engine.close()
+        self.send(("stopped",))
+
+    def submit(self, key: int, prompt: list[int], params: list[SamplingParams]) -> None:
+        try:
+            self.handles[key] = self.scheduler.submit(prompt, params, _KeySink(key, len(params)))
+        except SchedulerError as exc:
+            refused = [Event(i, "", 0, error=exc) for i in range(len(params))]
+            self.send(("step", *self.scheduler.load, [(key, refused)]))
+
+
+def worker_main(spec: WorkerSpec, commands: Connection, events: Connection) -> None:
+    """Entry point of the engine process."""
+    # The HTTP process decides when the engine stops (after draining); a signal sent to the whole
+    # process group (Ctrl-C, systemd's stop) must not kill the engine under requests still in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from model_runtime.logs import configure_logging
+
+    configure_logging(spec.logging.level, spec.logging.json_format)
+    worker = _Worker(spec, commands, events)
+    if worker.start():
+        worker.serve()
+
+
+# --- the HTTP process's side ----------------------------------------------------------------------------
+class _Request:
+    """A request in flight, as the HTTP process tracks it: for metrics and for failing it cleanly."""
+
+    __slots__ = ("arrival", "choices", "finished", "last", "sink", "tokens")
+
+    def __init__(self, sink: Sink, choices: int) -> None:
+        self.sink = sink
+        self.choices = choices
+        self.finished: set[int] = set()
+        self.arrival = time.monotonic()
+        self.last: dict[int, float] = {}
+        self.tokens: dict[int, int] = {}
+
+
+class EngineProcess:
+    """Stands for the Scheduler of an engine running in a child process: same submit/cancel/stop."""
+
+    def __init__(self, spec: WorkerSpec, observer: StepObserver | None = None) -> None:
+        self.spec = spec
+        self.observer = observer or StepObserver()
+        context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads or locks
+        self._commands_out, commands_in = context.Pipe(duplex=False)[::-1]
+        events_in, self._events_out = context.Pipe(duplex=False)
+        self._events_in = events_in
+        self._process = context.Process(
+            target=worker_main, args=(spec, commands_in, self._events_out), name=f"engine-{spec.model.name}"
+        )
+        self._commands_in = commands_in
+        self._keys = itertools.count()
+        self._requests: dict[int, _Request] = {}
+        self._lock = threading.Lock()
+        self._outstanding = 0  # sequences submitted and not finished: the queue bound's measure
+        self._load = (0, 0)
+        self._step_seconds = 0.05
+        self._last_step = time.monotonic()
+        self._dispatch: Dispatch | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()  # stop() was asked: the process ending is no surprise
+        self._stopped = threading.Event()
+        self.info: EngineInfo | None = None
+        self.on_death: Any = None  # called (reason) if the engine process dies unasked
+
+    def start(self, dispatch: Dispatch, timeout: float = 900.0) -> EngineInfo:
+        """Spawn, load and warm the engine; raise ModelLoadError (with the worker's reason) on failure."""
+        self._dispatch = dispatch
+        self._process.start()
+        # The child holds these ends now; closing ours makes EOF on the events pipe mean "it died".
+        self._events_out.close()
+        self._commands_in.close()
+        if not self._events_in.poll(timeout):
+            self._kill()
+            raise ModelLoadError(f"the engine did not start within {timeout:.0f}s")
+        try:
+            message = self._events_in.recv()
+        except EOFError:
+            self._process.join(5)
+            raise ModelLoadError(f"the engine process exited with code {self._process.exitcode}") from None
+        if message[0] == "failed":
+            self._process.join(10)
+            raise ModelLoadError(message[1])
+        self.info = message[1]
+        self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
+        self._reader.start()
+        return self.info
+
+    # --- the Scheduler surface ---------------------------------------------------------------------------
+    def submit(self, prompt: Sequence[int], params: Sequence[SamplingParams], sink: Sink) -> Handle:
+        settings = self.spec.scheduler
+        with self._lock:
+            if self._stopped.is_set():
+                raise SchedulerClosed()
+            # Same bound as the in-process scheduler: waiting beyond the free slots <= max_queue.
+            if self._outstanding + len(params) > settings.max_batch_size + settings.max_queue:
+                raise QueueFull(self.retry_after())
+            key = next(self._keys)
+            self._requests[key] = _Request(sink, len(params))
+            self._outstanding += len(params)
+        self.observer.count_tokens(len(prompt), 0)
+        self._send(("submit", key, list(prompt), list(params)))
+        return Handle((key,))
+
+    def cancel(self, handle: Handle) -> None:
+        self._send(("cancel", handle.seq_ids[0]))
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            if self._stopped.is_set():
+                return
+            # An OSError means the engine is gone; the reader thread then fails what is outstanding.
+            with contextlib.suppress(OSError):
+                self._commands_out.send(message)
+
+    def retry_after(self) -> float:
+        return max(1.0, round(self._step_seconds * 64))
+
+    @property
+    def load(self) -> tuple[int, int]:
+        return self._load
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the engine: whatever still runs ends with SchedulerClosed, then the process exits."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._send(("stop",))
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("engine did not stop within %.0fs; killing it", timeout)
+            self._kill()
+        if self._reader is not None:
+            self._reader.join(5)
+        self._stopped.set()
+
+    # --- the reader thread --------------------------------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._events_in.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "stopped":
+                break
+            self._on_step(message[1], message[2], message[3])
+        died = not self._stopping.is_set()
+        error = EngineError("the engine process ended unexpectedly") if died else SchedulerClosed()
+        self._fail_outstanding(error)
+        if died:
+            self._stopped.set()
+            self._process.join(5)
+            log.error("engine process ended unexpectedly", extra={"exit_code": self._process.exitcode})
+            if self.on_death is not None:
+                self.on_death(f"engine process ended (exit code {self._process.exitcode})")
+
+    def _on_step(self, waiting: int, running: int, keyed: list[tuple[int, list[Event]]]) -> None:
+        now = time.monotonic()
+        self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - self._last_step)
+        self._last_step = now
+        self._load = (waiting, running)
+        self.observer.observe_step(waiting, running)
+        batch: list[tuple[Sink, list[Event]]] = []
+        generated = 0
+        with self._lock:
+            for key, events in keyed:
+                request = self._requests.get(key)
+                if request is None:
+                    continue
+                for event in events:
+                    previous = request.last.get(event.index)
+                    if previous is None:
+                        self.observer.observe_first_token(now - request.arrival)
+                    elif event.tokens > request.tokens.get(event.index, 0):
+                        self.observer.observe_inter_token(now - previous)
+                    generated += event.tokens - request.tokens.get(event.index, 0)
+                    request.last[event.index] = now
+                    request.tokens[event.index] = event.tokens
+                    if event.final:
+                        request.finished.add(event.index)
+                        self._outstanding -= 1
+                if len(request.finished) >= request.choices:
+                    del self._requests[key]
+                batch.append((request.sink, events))
+        self.observer.count_tokens(0, generated)
+        if batch and self._dispatch is not None:
+            self._dispatch(batch)
+
+    def _fail_outstanding(self, error: Exception) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            self._outstanding = 0
+        batch = []
+        for request in requests.values():
+            unfinished = [i for i in range(request.choices) if i not in request.finished]
+            ended = [Event(i, "", request.tokens.get(i, 0), error=error) for i in unfinished]
+            batch.append((request.sink, ended))
+
+    def _kill(self) -> None:
+        self._process.kill()
+        self._process.join(5)

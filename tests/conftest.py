@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.models import ensure_demo_model, random_model
+from tests.support.server import RuntimeProcess
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return ensure_demo_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_model(tmp_path_factory.mktemp("tiny-llama"), demo_model, "llama", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_model(tmp_path_factory.mktemp("tiny-gpt2"), demo_model, "gpt2", "tiny")
+
+
+@pytest.fixture(scope="session")
+def medium_llama(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Slow enough per token (random 25M-parameter Llama) to keep a stream open while a test acts."""
+    return random_model(tmp_path_factory.mktemp("medium-llama"), demo_model, "llama", "medium")
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    server = RuntimeProcess(demo_model, tmp_path_factory.mktemp("demo-server"), name="demo").start()
+    yield server
+    server.stop()

@@ -1,0 +1,202 @@
+"""Every refusal is an OpenAI error envelope with the right status, naming the parameter; none is a 500."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support.server import API_KEY, RuntimeProcess, metric_value
+
+pytestmark = pytest.mark.e2e
+
+
+def envelope(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_missing_and_wrong_key(demo_server: RuntimeProcess) -> None:
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        demo_server.client(api_key="not-the-key").models.list()
+    assert wrong.value.status_code == 401
+    assert wrong.value.body["code"] == "invalid_api_key"
+    missing = httpx.get(f"{demo_server.base_url}/v1/models")
+    assert missing.status_code == 401
+    assert envelope(missing)["code"] == "missing_api_key"
+    # Probes and scrapers need no key.
+    assert httpx.get(f"{demo_server.base_url}/health/live").status_code == 200
+    assert httpx.get(f"{demo_server.base_url}/metrics").status_code == 200
+
+
+def test_unknown_model_is_404(demo_server: RuntimeProcess) -> None:
+    with pytest.raises(openai.NotFoundError) as error:
+        demo_server.client().completions.create(model="gpt-9", prompt="x", max_tokens=2)
+    assert error.value.body["param"] == "model"
+    assert error.value.body["code"] == "model_not_found"
+
+
+LONG_PROMPT = "You may copy and distribute " * 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param", "fragment"),
+    [
+        ({"prompt": LONG_PROMPT}, "prompt", "maximum context length is 512"),
+        ({"prompt": "Hi", "max_tokens": 600}, "max_tokens", "max_tokens is too large: 600"),
+        ({"prompt": "Hi", "temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"prompt": "Hi", "temperature": -1}, "temperature", "greater than or equal to 0"),
+        ({"prompt": "Hi", "top_p": 1.5}, "top_p", "less than or equal to 1"),
+        ({"prompt": ""}, "prompt", "must not be empty"),
+        ({"prompt": []}, "prompt", "must not be empty"),
+        ({"prompt": "Hi", "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"prompt": "Hi", "n": 0}, "n", "greater than or equal to 1"),
+        ({"prompt": "Hi", "n": 100}, "n", "n is too large"),
+        ({"prompt": "Hi", "max_tokens": "ten"}, "max_tokens", "valid integer"),
+        ({"prompt": "Hi", "stop": ["a", ""]}, "stop", "must not be empty"),
+        ({"prompt": [[1, 2, 999999]]}, "prompt", "outside this model's vocabulary"),
+        ({"prompt": "Hi", "logit_bias": {"x": 1}}, "logit_bias", "not a token id"),
+        ({"prompt": "Hi", "echo": True}, "echo", "not supported"),
+    ],
+)
+def test_completion_400_names_the_parameter(
+    demo_server: RuntimeProcess, kwargs: dict, param: str, fragment: str
+) -> None:
+    with demo_server.http() as http:
+        response = http.post("/v1/completions", json={"model": "demo", **kwargs})
+    assert response.status_code == 400, response.text
+    error = envelope(response)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"messages": []}, "messages", "must not be empty"),
+        ({}, "messages", "messages is required"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "Input should be"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", ""),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 9999},
+            "max_completion_tokens",
+            "too large",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+            "tools",
+            "not supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+            "top_logprobs",
+            "requires logprobs",
+        ),
+    ],
+)
+def test_chat_400_names_the_parameter(
+    demo_server: RuntimeProcess, body: dict, param: str, fragment: str
+) -> None:
+    with demo_server.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": "demo", **body})
+    assert response.status_code == 400, response.text
+    error = envelope(response)
+    assert error["param"] == param
+    assert fragment in error["message"]
+
+
+def test_malformed_json_and_wrong_shapes(demo_server: RuntimeProcess) -> None:
+    with demo_server.http() as http:
+        broken = http.post(
+            "/v1/completions",
+            content=b'{"model": "demo", "prompt": ',
+            headers={"content-type": "application/json"},
+        )
+        not_object = http.post("/v1/completions", json=["model", "demo"])
+        not_json = http.post(
+            "/v1/chat/completions", content=b"\xff\xfe", headers={"content-type": "application/json"}
+        )
+    assert broken.status_code == 400
+    assert envelope(broken)["code"] == "invalid_json"
+    assert not_object.status_code == 400
+    assert "JSON object" in envelope(not_object)["message"]
+    assert not_json.status_code == 400
+
+
+def test_oversized_body_is_413(demo_server: RuntimeProcess) -> None:
+    with demo_server.http() as http:
+        response = http.post("/v1/completions", json={"model": "demo", "prompt": "x" * (5 * 1024 * 1024)})
+    assert response.status_code == 413
+    assert envelope(response)["code"] == "request_too_large"
+
+
+def test_unknown_route_and_method(demo_server: RuntimeProcess) -> None:
+    with demo_server.http() as http:
+        assert envelope(http.get("/v1/nothing-here"))["code"] == "not_found"
+        assert envelope(http.get("/v1/completions"))["code"] == "method_not_allowed"
+
+
+def test_full_queue_is_429_with_retry_after(medium_llama: Path, tmp_path: Path) -> None:
+    server = RuntimeProcess(
+        medium_llama, tmp_path, {"scheduler": {"max_batch_size": 1, "max_queue": 0}}, name="slow"
+    ).start()
+    try:
+        client = server.client()
+        stream = client.completions.create(
+            model="slow", prompt="Hi", max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+        )
+        first = next(iter(stream))  # the one batch slot is now taken
+        assert first.choices[0].text is not None
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.completions.create(model="slow", prompt="Hi", max_tokens=2)
+        assert refused.value.status_code == 429
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert refused.value.body["code"] == "queue_full"
+        stream.close()  # disconnecting frees the slot: generation stops
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                done = client.completions.create(model="slow", prompt="Hi", max_tokens=2)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the slot was never freed after the client left"
+                time.sleep(0.05)
+        assert done.choices[0].finish_reason in ("length", "stop")
+        generated = metric_value(server, "model_runtime_generation_tokens_total")
+        assert generated < 400, "the abandoned stream kept generating"
+    finally:
+        assert server.stop() == 0
+
+
+def test_no_5xx_under_concurrent_mixed_load(demo_server: RuntimeProcess) -> None:
+    """A burst of good and bad requests at once: every answer is 200 or a 4xx envelope."""
+    statuses: list[int] = []
+    bodies = [
+        {"model": "demo", "prompt": "You may", "max_tokens": 8},
+        {"model": "demo", "prompt": "You may", "max_tokens": 8, "stream": True},
+        {"model": "demo", "prompt": "", "max_tokens": 8},
+        {"model": "demo", "prompt": LONG_PROMPT},
+        {"model": "nope", "prompt": "x"},
+        {"model": "demo", "prompt": "x", "temperature": "hot"},
+    ]
+
+    def worker(body: dict) -> None:
+        with httpx.Client(base_url=demo_server.base_url, timeout=60) as http:
+            for _ in range(3):
+                r = http.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+                statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=worker, args=(b,)) for b in bodies * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(statuses) == 36
+    assert all(s == 200 or 400 <= s < 500 for s in statuses), statuses

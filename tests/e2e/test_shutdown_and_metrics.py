@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.server import RuntimeProcess, metric_value
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigterm_lets_the_stream_finish_then_exits_zero(medium_llama: Path, tmp_path: Path) -> None:
+    server = RuntimeProcess(medium_llama, tmp_path, {"server": {"shutdown_grace_s": 60}}, name="slow").start()
+    try:
+        client = server.client()
+        stream = client.completions.create(
+            model="slow", prompt="Hi", max_tokens=300, stream=True, extra_body={"ignore_eos": True}
+        )
+        chunks = iter(stream)
+        first = next(chunks)
+        server.signal(signal.SIGTERM)
+        # Readiness turns 503 at once, and new work is refused with 503 while the stream goes on.
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.base_url}/health/ready").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert httpx.get(f"{server.base_url}/health/ready").json()["status"] == "draining"
+        assert httpx.get(f"{server.base_url}/health/live").status_code == 200
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.completions.create(model="slow", prompt="Hi", max_tokens=2)
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "draining"
+        rest = list(chunks)
+        text = first.choices[0].text + "".join(c.choices[0].text for c in rest if c.choices)
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert text
+        assert server.process.wait(30) == 0
+    finally:
+        server.stop()
+
+
+def test_metrics_parse_and_move(demo_server: RuntimeProcess) -> None:
+    families = {
+        f.name: f for f in text_string_to_metric_families(httpx.get(f"{demo_server.base_url}/metrics").text)
+    }
+    for name in (
+        "model_runtime_requests",
+        "model_runtime_queue_depth",
+        "model_runtime_running_batch_size",
+        "model_runtime_time_to_first_token_seconds",
+        "model_runtime_inter_token_latency_seconds",
+        "model_runtime_prompt_tokens",
+        "model_runtime_generation_tokens",
+        "model_runtime_model_load_seconds",
+    ):
+        assert name in families, name
+    assert metric_value(demo_server, "model_runtime_model_load_seconds", model="demo", version="test") > 0
+
+    before_requests = metric_value(
+        demo_server, "model_runtime_requests_total", endpoint="/v1/completions", status="200"
+    )
+    before_tokens = metric_value(demo_server, "model_runtime_generation_tokens_total", model="demo")
+    before_ttft = metric_value(demo_server, "model_runtime_time_to_first_token_seconds_count", model="demo")
+    before_itl = metric_value(demo_server, "model_runtime_inter_token_latency_seconds_count", model="demo")
+    demo_server.client().completions.create(
+        model="demo", prompt="This", max_tokens=6, extra_body={"ignore_eos": True}
+    )
+    after = lambda name, **labels: metric_value(demo_server, name, **labels)  # noqa: E731
+    assert (
+        after("model_runtime_requests_total", endpoint="/v1/completions", status="200") == before_requests + 1
+    )
+    assert after("model_runtime_generation_tokens_total", model="demo") == before_tokens + 6
+    assert after("model_runtime_time_to_first_token_seconds_count", model="demo") == before_ttft + 1
+    assert after("model_runtime_inter_token_latency_seconds_count", model="demo") == before_itl + 5
+    with pytest.raises(openai.BadRequestError):
+        demo_server.client().completions.create(model="demo", prompt="", max_tokens=2)
+    assert after("model_runtime_requests_total", endpoint="/v1/completions", status="400") >= 1
+
+
+def test_request_id_is_echoed(demo_server: RuntimeProcess) -> None:
+    response = httpx.get(f"{demo_server.base_url}/health/live", headers={"X-Request-Id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert len(httpx.get(f"{demo_server.base_url}/health/live").headers["x-request-id"]) == 32

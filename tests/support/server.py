@@ -1,0 +1,113 @@
+"""A real `model-runtime serve` process on a free loopback port, stopped by whoever started it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RuntimeProcess:
+    def __init__(
+        self, model: Path, workdir: Path, settings: dict | None = None, name: str | None = None
+    ) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.name = name or model.name
+        keys = workdir / "api-keys"
+        keys.write_text(f"# test keys\n{API_KEY}\n")
+        keys.chmod(0o600)
+        config = {
+            "model": {"path": str(model), "served_name": self.name, "version": "test"},
+            "server": {"port": self.port, "api_keys_file": str(keys)},
+            "scheduler": {"torch_threads": 1},
+        }
+        for section, values in (settings or {}).items():
+            config.setdefault(section, {}).update(values)
+        self.config_file = workdir / f"config-{self.port}.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.log_file = workdir / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 120.0) -> RuntimeProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "model_runtime", "serve", "--config", str(self.config_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready within {timeout}s:\n{self.log()}")
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        kwargs.setdefault("api_key", API_KEY)
+        kwargs.setdefault("max_retries", 0)  # the client would otherwise retry 429/503 behind our back
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+        )
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def metric_value(server: RuntimeProcess, name: str, **labels: str) -> float:
+    """Sum of the samples of one metric (optionally filtered by labels) from /metrics, parsed with
+    prometheus_client's own parser."""
+    text = httpx.get(f"{server.base_url}/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

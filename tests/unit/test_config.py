@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_runtime.config import API_KEYS_ENV, ConfigError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "model: {path: /m}\nscheduler: {max_queue: 5, max_batch_size: 3}\n")
+    env = {"MODEL_RUNTIME_SCHEDULER__MAX_QUEUE": "9", "MODEL_RUNTIME_SERVER__PORT": "9000"}
+    settings = load_settings(config, {"server": {"port": 9100, "host": None}}, environ=env)
+    assert settings.scheduler.max_queue == 9  # environment over file
+    assert settings.scheduler.max_batch_size == 3  # file over default
+    assert settings.server.port == 9100  # flag over environment
+    assert settings.server.host == "127.0.0.1"  # an unset flag changes nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ("model: {path: /m}\nschedular: {max_queue: 1}\n", {}, "schedular: unknown key"),
+        ("model: {path: /m}\nscheduler: {max_queue: -1}\n", {}, "scheduler.max_queue"),
+        ("model: {path: /m, dtype: float8}\n", {}, "model.dtype"),
+        ("model: {path: /m, device: gpu0}\n", {}, "model.device"),
+        ("model: {path: /m}\n", {"MODEL_RUNTIME_SERVER__PORT": "http"}, "server.port"),
+        ("server: {port: 1}\n", {}, "model.path: required"),
+        ("- just\n- a list\n", {}, "top level must be a mapping"),
+        ("model: {path: /m\n", {}, "not valid YAML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_settings(write(tmp_path / "c.yaml", text), environ=env)
+
+
+def test_api_keys_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = write(tmp_path / "keys", "# operators\nkey-one\n\nkey-two  # rotated 2026-11\n")
+    monkeypatch.setenv(API_KEYS_ENV, "key-three, ")
+    settings = load_settings(None, {"model": {"path": "/m"}, "server": {"api_keys_file": keys}}, environ={})
+    assert settings.api_keys() == {"key-one", "key-two", "key-three"}
+
+
+def test_no_key_is_refused_unless_explicitly_unauthenticated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    settings = load_settings(None, {"model": {"path": "/m"}}, environ={})
+    with pytest.raises(ConfigError, match=r"server\.api_keys_file"):
+        settings.api_keys()
+    open_settings = load_settings(
+        None, {"model": {"path": "/m"}, "server": {"allow_unauthenticated": True}}, {}
+    )
+    assert open_settings.api_keys() == frozenset()
+
+
+def test_unreadable_key_file_is_named(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, {"model": {"path": "/m"}, "server": {"api_keys_file": tmp_path / "nope"}}, {}
+    )
+    with pytest.raises(ConfigError, match="cannot read"):
+        settings.api_keys()
