@@ -44,6 +44,15 @@ def _demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    from model_runtime.registry.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(args.folder, args.name, args.version)
+    path = write_manifest(args.folder, manifest)
+    print(f"{path}: {manifest['name']} version {manifest['version']}, {len(manifest['files'])} files")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-runtime", description=__doc__)
     parser.add_argument("--version", action="version", version=f"model-runtime {__version__}")
@@ -66,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR holds this build")
     demo.set_defaults(run=_demo_model)
+
+    manifest = commands.add_parser(
+        "manifest", help="write manifest.json (size and sha256 of every file) in a folder"
+    )
+    manifest.add_argument("folder", type=Path)
+    manifest.add_argument("--name", required=True, help="model name")
+    manifest.add_argument(
+        "--version", help="version label (default: the content digest's first 12 hex digits)"
+    )
+    manifest.set_defaults(run=_manifest)
     return parser
 
 

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from model_runtime.demo.corpus import Corpus, load_corpus, split_first_sentence
+from model_runtime.registry.manifest import MANIFEST, build_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,10 @@ def perplexity(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, texts
 def is_current(out_dir: Path, recipe: Recipe) -> bool:
     record = out_dir / BUILD_RECORD
     try:
-        return json.loads(record.read_text())["fingerprint"] == recipe.fingerprint()
+        built = json.loads(record.read_text())["fingerprint"] == recipe.fingerprint()
     except (OSError, ValueError, KeyError):
         return False
+    return built and (out_dir / MANIFEST).is_file()
 
 
 def build_demo_model(out_dir: Path, recipe: Recipe = Recipe(), corpus: Corpus | None = None) -> dict:
@@ -209,6 +211,11 @@ def build_demo_model(out_dir: Path, recipe: Recipe = Recipe(), corpus: Corpus | 
             pad_token_id=tokenizer.pad_token_id,
         ).save_pretrained(staging)
         (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        manifest = build_manifest(
+            staging, "demo", source=f"model-runtime demo-model, recipe {recipe.fingerprint()}"
+        )
+        write_manifest(staging, manifest)
+        record["version"] = manifest["version"]
         # mkdtemp and the weights writer create private modes; a model is read by a service user.
         staging.chmod(0o755)
         for path in staging.iterdir():
