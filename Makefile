@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev,ops
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo demo-stop wheelhouse demo-model test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,24 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-demo: venv
+# The local fleet: the demo model and the runtime wheel built here, site.yml on inventories/local
+# (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
+demo: venv wheelhouse demo-model .cache/demo-api-key
+	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
 	$(BIN)/python scripts/demo.py
+
+demo-stop: venv
+	$(BIN)/ansible-playbook -i inventories/local playbooks/stop.yml
+
+wheelhouse: venv
+	$(BIN)/python scripts/wheelhouse.py
+
+demo-model: venv
+	$(BIN)/model-runtime demo-model .cache/demo-model --if-missing
+
+.cache/demo-api-key:
+	mkdir -p .cache
+	umask 077 && $(PYTHON) -c "import secrets; print('demo-' + secrets.token_urlsafe(24))" > $@
 
 # pytest exits 5 when a selection collects no test: nothing failed, so that is success.
 test: venv

@@ -1,38 +1,30 @@
-"""`make demo`: build the demo model, serve it on loopback, and ask it one chat question."""
+"""The end of `make demo`: one chat completion through the local fleet's load balancer."""
 
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import openai
 
-from tests.support.models import ensure_demo_model  # noqa: E402
-from tests.support.server import RuntimeProcess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What may I do with the Program?"
 
 
 def main() -> int:
-    print("building the demo model (about 90 s the first time)...", flush=True)
-    model = ensure_demo_model()
-    workdir = REPO / ".cache" / "demo-run"
-    workdir.mkdir(parents=True, exist_ok=True)
-    server = RuntimeProcess(model, workdir, name="demo")
-    print(f"serving {model} on {server.base_url} ...", flush=True)
-    server.start()
-    try:
-        answer = server.client().chat.completions.create(
-            model="demo",
-            messages=[{"role": "user", "content": "What may I do with the Program?"}],
-            max_tokens=48,
-            temperature=0.7,
-            seed=secrets.randbelow(1000),
-        )
-        print(f"\nQ: What may I do with the Program?\nA:{answer.choices[0].message.content}\n")
-        print(f"({answer.usage.completion_tokens} tokens, served by {answer.system_fingerprint})")
-    finally:
-        server.stop()
+    key = (REPO / ".cache" / "demo-api-key").read_text().strip()
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=key, max_retries=2)
+    answer = client.chat.completions.with_raw_response.create(
+        model="demo", messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0.7
+    )
+    completion = answer.parse()
+    print(f"\nQ: {QUESTION}\nA:{completion.choices[0].message.content}\n")
+    print(f"served by {completion.system_fingerprint} through HAProxy (request id {answer.headers['x-request-id']})")
+    print(
+        "\nThe fleet answers at http://127.0.0.1:8000/v1 (OpenAI API; key in .cache/demo-api-key),\n"
+        "HAProxy's stats at http://127.0.0.1:8404/stats, instances at 127.0.0.1:8101 and :8102.\n"
+        "Stop it with: make demo-stop"
+    )
     return 0
 
 
