@@ -45,6 +45,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/ansible-lint --profile production
 
 bench: venv
 	$(BIN)/python -m bench.serving

@@ -118,8 +118,10 @@ def wait_for(module: AnsibleModule, path: str, backend: str, server: str, done: 
         if time.monotonic() > deadline:
             status = row["status"] if row else "absent"
             sessions = row["scur"] if row else "?"
-            module.fail_json(msg=f"{backend}/{server} not {what} after {module.params['timeout']}s "
-                                 f"(status {status}, {sessions} sessions)")
+            module.fail_json(
+                msg=f"{backend}/{server} not {what} after {module.params['timeout']}s "
+                f"(status {status}, {sessions} sessions)"
+            )
         time.sleep(0.5)
 
 

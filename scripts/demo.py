@@ -19,7 +19,8 @@ def main() -> int:
     )
     completion = answer.parse()
     print(f"\nQ: {QUESTION}\nA:{completion.choices[0].message.content}\n")
-    print(f"served by {completion.system_fingerprint} through HAProxy (request id {answer.headers['x-request-id']})")
+    request_id = answer.headers["x-request-id"]
+    print(f"served by {completion.system_fingerprint} through HAProxy (request id {request_id})")
     print(
         "\nThe fleet answers at http://127.0.0.1:8000/v1 (OpenAI API; key in .cache/demo-api-key),\n"
         "HAProxy's stats at http://127.0.0.1:8404/stats, instances at 127.0.0.1:8101 and :8102.\n"

@@ -46,7 +46,11 @@ def build(out: Path, label: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         # Build from a copy whose __version__ carries the label; the work tree is left untouched.
         tree = Path(tmp) / "src"
-        shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "tests", "bench", "*.egg-info"))
+        shutil.copytree(
+            REPO,
+            tree,
+            ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "tests", "bench", "*.egg-info"),
+        )
         init = tree / "model_runtime" / "__init__.py"
         init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
         pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out)]
@@ -62,7 +66,9 @@ def build(out: Path, label: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", nargs="?", type=Path, default=REPO / ".cache" / "wheelhouse")
     parser.add_argument("--version-label", help="local version label (default: src.<hash of the sources>)")
     args = parser.parse_args()

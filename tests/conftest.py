@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.models import ensure_demo_model, random_model
+from tests.support.models import REPO, ensure_demo_model, random_model
 from tests.support.server import RuntimeProcess
+
+# The venv's tools (ansible-playbook, ansible-inventory for testinfra) and the repo's ansible.cfg,
+# whether or not the venv is activated.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,104 @@
+#!/usr/bin/python
+"""Wait until a model-runtime instance answers ready, failing early (with its log) if it died."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: runtime_ready
+short_description: Wait for a model-runtime instance's /health/ready, or report why it never came up
+description:
+  - Polls the instance's readiness URL until it answers 200. Between polls it asks the service
+    manager whether the instance is still alive; an instance that has stopped for good (supervisord's
+    FATAL, systemd's failed) ends the wait at once, with the end of its log in the message, instead of
+    after the whole timeout.
+options:
+  url:
+    description: The readiness URL, e.g. http://127.0.0.1:8101/health/ready.
+    type: str
+    required: true
+  timeout:
+    description: Seconds to wait.
+    type: int
+    default: 600
+  status_command:
+    description: A command whose output says whether the service gave up (see I(dead_words)).
+    type: list
+    elements: str
+  dead_words:
+    description: Words in the status command's output that mean the instance is dead for good.
+    type: list
+    elements: str
+    default: [FATAL, failed]
+  log_file:
+    description: The instance's log; its end goes into the failure message.
+    type: path
+author: model-runtime
+"""
+
+RETURN = r"""
+seconds:
+  description: Seconds until the instance was ready.
+  type: float
+  returned: success
+"""
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - an http URL we were given
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def tail(path: str | None, lines: int = 15) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "url": {"type": "str", "required": True},
+            "timeout": {"type": "int", "default": 600},
+            "status_command": {"type": "list", "elements": "str"},
+            "dead_words": {"type": "list", "elements": "str", "default": ["FATAL", "failed"]},
+            "log_file": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    if module.check_mode:
+        module.exit_json(changed=False, skipped=True)
+    params = module.params
+    started = time.monotonic()
+    while True:
+        if ready(params["url"]):
+            module.exit_json(changed=False, seconds=round(time.monotonic() - started, 1))
+        if params["status_command"]:
+            status = subprocess.run(params["status_command"], capture_output=True, text=True, check=False)
+            said = status.stdout + status.stderr
+            if any(word in said for word in params["dead_words"]):
+                module.fail_json(
+                    msg=f"the instance stopped for good: {said.strip()}\n{tail(params['log_file'])}"
+                )
+        if time.monotonic() - started > params["timeout"]:
+            module.fail_json(
+                msg=f"{params['url']} not ready after {params['timeout']}s\n{tail(params['log_file'])}"
+            )
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

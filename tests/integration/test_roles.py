@@ -1,0 +1,122 @@
+"""Roles checked without a fleet: the GPU driver role where there is no GPU and in check mode with a
+GPU fact, the systemd unit, the example inventory, syntax, and ansible-lint's production profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.ansible import BIN, playbook
+from tests.support.models import REPO
+
+pytestmark = pytest.mark.integration
+
+LOCAL = REPO / "inventories" / "local"
+
+
+def task_statuses(output: str) -> list[tuple[str, str, str]]:
+    """(task name, status, message) for each task in a default-callback run."""
+    found = []
+    for block in re.split(r"\nTASK \[", output)[1:]:
+        name = block.split("]", 1)[0].split(" : ", 1)[-1]
+        status = re.search(r"^(ok|changed|skipping|fatal|failed)", block, re.MULTILINE)
+        message = re.search(r"msg: (.*)", block)
+        found.append((name, status.group(1) if status else "none", message.group(1) if message else ""))
+    return found
+
+
+def test_nvidia_driver_skips_a_host_without_gpu() -> None:
+    run = playbook("drivers.yml", LOCAL)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "no NVIDIA GPU on localhost (sysfs shows none): nvidia_driver skipped" in run.output
+    assert run.changed() == 0
+
+
+def test_nvidia_driver_plan_in_check_mode_with_a_gpu() -> None:
+    run = playbook("drivers.yml", LOCAL, {"nvidia_driver_gpu_override": True}, "--check")
+    assert run.returncode == 0, run.output[-3000:]
+    plan = {name: (status, message) for name, status, message in task_statuses(run.output)}
+    assert plan["Report the repository a real run adds (check mode)"][1].startswith(
+        "would add NVIDIA's repository https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64"
+    )
+    assert plan["Ensure the driver packages are pinned to 570"][0] == "changed"
+    assert plan["Report the packages a real run installs (check mode, repository not added yet)"][1] == (
+        "would install cuda-drivers-570, nvidia-persistenced, cuda-runtime-12-8"
+    )
+    for later in (
+        "Reboot when the new kernel module is not the loaded one",
+        "Validate the driver with nvidia-smi",
+    ):
+        assert plan[later][0] == "skipping"
+    assert not Path("/etc/apt/preferences.d/model-runtime-nvidia-driver.pref").exists()  # check mode
+
+
+def test_nvidia_driver_refuses_an_implicit_version_change() -> None:
+    facts = {"nvidia_driver_gpu_override": True, "nvidia_driver_installed": "535.183.01"}
+    run = playbook("drivers.yml", LOCAL, facts, "--check")
+    assert run.returncode != 0
+    assert "runs NVIDIA driver 535.183.01, not 570: changing it is explicit" in run.output
+    allowed = playbook("drivers.yml", LOCAL, {**facts, "nvidia_driver_allow_upgrade": True}, "--check")
+    assert allowed.returncode == 0, allowed.output[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    (release / "venv" / "bin").mkdir(parents=True)
+    executable = release / "venv" / "bin" / "model-runtime"
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    render = subprocess.run(
+        [str(BIN / "ansible-playbook"), str(REPO / "tests/integration/playbooks/render_systemd_unit.yml"),
+         "-e", f"release_dir={release}", "-e", f"out_dir={tmp_path}"],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert render.returncode == 0, render.stdout[-2000:]
+    unit = tmp_path / "model-runtime-1.service"
+    text = unit.read_text()
+    hardening = (
+        "NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=always", "User=daemon",
+        "KillMode=mixed", "Environment=CUDA_VISIBLE_DEVICES=0", "CapabilityBoundingSet=",
+    )  # fmt: skip
+    for directive in hardening:
+        assert directive in text
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
+    )
+    problems = [line for line in verify.stderr.splitlines() if "model-runtime-1.service" in line]
+    assert verify.returncode == 0, verify.stderr
+    assert not problems, verify.stderr
+
+
+def test_example_inventory_resolves_with_vault_indirection() -> None:
+    example = REPO / "inventories" / "example"
+    listing = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(example), "--host", "gpu-a01.example.internal"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    host = json.loads(listing.stdout)
+    assert host["model_runtime_instances"] == 8
+    assert host["model_runtime_api_keys"] == "{{ vault_model_runtime_api_keys }}"
+    assert host["vault_model_runtime_api_keys"][0].startswith("CHANGE-ME")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "playbooks").glob("*.yml")))
+def test_playbook_syntax(name: str) -> None:
+    for inventory in (LOCAL, REPO / "inventories" / "example"):
+        run = playbook(name, inventory, None, "--syntax-check")
+        assert run.returncode == 0, run.output
+
+
+def test_ansible_lint_production_profile() -> None:
+    lint = subprocess.run(
+        [str(BIN / "ansible-lint"), "--profile", "production", "--format", "pep8", "--nocolor"],
+        capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr

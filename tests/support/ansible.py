@@ -1,0 +1,64 @@
+"""Running the real ansible-playbook from tests, and reading its recap."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.models import REPO
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """host -> {"ok": .., "changed": .., "failed": .., ...} from the PLAY RECAP."""
+        hosts: dict[str, dict[str, int]] = {}
+        for line in self.output.split("PLAY RECAP", 1)[-1].splitlines():
+            match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+            if match:
+                hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+        return hosts
+
+    def changed(self) -> int:
+        return sum(h.get("changed", 0) for h in self.recap().values())
+
+
+def playbook(
+    name: str,
+    inventory: Path,
+    extra_vars: dict | None = None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 1200,
+) -> PlaybookRun:
+    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name), *args]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    environment = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        **(env or {}),
+    }
+    done = subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return PlaybookRun(done.returncode, done.stdout + done.stderr)
+
+
+def ensure_wheelhouse() -> Path:
+    """The fleet's offline wheelhouse (scripts/wheelhouse.py; quick when up to date)."""
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "wheelhouse.py")], check=True, stdout=subprocess.DEVNULL
+    )
+    return REPO / ".cache" / "wheelhouse"
