@@ -10,8 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from model_runtime import __version__
-from model_runtime.config import ConfigError, load_settings
+from model_runtime.config import load_settings
+from model_runtime.convert import cli as convert_cli
+from model_runtime.errors import OperatorError
 from model_runtime.logs import configure_logging
+from model_runtime.registry import cli as registry_cli
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, overrides)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    return serve(settings)
+    return serve(settings, reload=lambda: load_settings(args.config, overrides))
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", help="version label (default: the content digest's first 12 hex digits)"
     )
     manifest.set_defaults(run=_manifest)
+
+    registry_cli.register(commands)
+    convert_cli.register(commands)
     return parser
 
 
@@ -92,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as exc:
+    except (OperatorError, FileExistsError) as exc:
         print(f"model-runtime: {exc}", file=sys.stderr)
         return 2
 

@@ -14,12 +14,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from model_runtime.errors import OperatorError
+
 ENV_PREFIX = "MODEL_RUNTIME_"
 # Keys come from this variable rather than a flag: a key on the command line would show in `ps`.
 API_KEYS_ENV = "MODEL_RUNTIME_API_KEYS"
+ADMIN_KEYS_ENV = "MODEL_RUNTIME_ADMIN_KEYS"
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """A settings problem, already phrased for the operator (names the key and the source)."""
 
 
@@ -28,7 +31,7 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    path: str = Field(description="Model folder in Hugging Face format")
+    path: str = Field(description="Model folder, or registry:NAME[@ALIAS|:VERSION] (pulled on start)")
     served_name: str | None = Field(default=None, description="Name clients use; defaults to the folder name")
     version: str | None = Field(default=None, description="Version reported in /v1/models; informational")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -57,6 +60,9 @@ class ServerSettings(_Section):
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="Time in-flight requests get on SIGTERM")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    admin_keys_file: Path | None = Field(
+        default=None, description="Keys of the admin endpoints (hot swap); without any, /admin is off"
+    )
 
 
 class SchedulerSettings(_Section):
@@ -73,6 +79,15 @@ class SchedulerSettings(_Section):
     )
 
 
+class RegistrySettings(_Section):
+    url: str | None = Field(
+        default=None, description="Registry (a folder or s3://bucket/prefix) for registry: paths"
+    )
+    cache_dir: Path = Field(
+        default=Path("~/.cache/model-runtime/registry"), description="Where pulled versions are kept"
+    )
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(default=False, alias="json")
@@ -82,30 +97,34 @@ class Settings(_Section):
     model: ModelSettings
     server: ServerSettings = ServerSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    registry: RegistrySettings = RegistrySettings()
     logging: LoggingSettings = LoggingSettings()
 
     def api_keys(self) -> frozenset[str]:
         """Keys from the key file and the environment. Read once at start."""
-        keys: set[str] = set()
-        if self.server.api_keys_file is not None:
-            try:
-                text = self.server.api_keys_file.read_text()
-            except OSError as exc:
-                raise ConfigError(
-                    f"server.api_keys_file: cannot read {self.server.api_keys_file}: {exc}"
-                ) from exc
-            keys.update(_parse_key_lines(text))
-        keys.update(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())
+        keys = _read_keys("server.api_keys_file", self.server.api_keys_file, API_KEYS_ENV)
         if not keys and not self.server.allow_unauthenticated:
             raise ConfigError(
                 "server.api_keys_file: no API key configured; give a key file or "
                 f"{API_KEYS_ENV}, or set server.allow_unauthenticated: true to serve without auth"
             )
-        return frozenset(keys)
+        return keys
+
+    def admin_keys(self) -> frozenset[str]:
+        """Keys of the admin endpoints; none means the admin endpoints do not exist."""
+        return _read_keys("server.admin_keys_file", self.server.admin_keys_file, ADMIN_KEYS_ENV)
 
 
-def _parse_key_lines(text: str) -> list[str]:
-    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+def _read_keys(setting: str, path: Path | None, env: str) -> frozenset[str]:
+    keys: set[str] = set()
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{setting}: cannot read {path}: {exc}") from exc
+        keys.update(line.split("#", 1)[0].strip() for line in text.splitlines())
+    keys.update(k.strip() for k in os.environ.get(env, "").split(","))
+    return frozenset(k for k in keys if k)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

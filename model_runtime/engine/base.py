@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from model_runtime.errors import OperatorError
+
 if TYPE_CHECKING:  # the HTTP process reads EngineInfo without importing torch
     import torch
     from transformers import PreTrainedTokenizerBase
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(OperatorError, ValueError):
     """A model folder that cannot be served; the message names the file or setting at fault."""
 
 

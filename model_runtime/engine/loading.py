@@ -1,4 +1,12 @@
-"""Loading a local Hugging Face model folder safely: no hub, no pickles that run code, clear errors."""
+"""Reading a model folder safely: which format it is, what is missing, and loading it without a hub
+and without unpickling code.
+
+Formats: a Hugging Face folder with safetensors (preferred) or a PyTorch pickle (`pytorch_model.bin`,
+read with weights_only), one GGUF file (Llama family; config and tokenizer come from the file), an
+ONNX export (`model.onnx` with config.json and the tokenizer), and our own dynamic-int8 folder
+(safetensors of int8 weights and scales). Anything else, or a folder with something missing, is a
+ModelLoadError naming what is missing.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from model_runtime.engine.base import ModelLoadError
@@ -21,13 +31,70 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 hf_logging.disable_progress_bar()  # a progress bar per load is noise in service logs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+INT8_MARKER = "model_runtime_int8.json"
+ONNX_FILE = "model.onnx"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
-class WeightsFormat:
-    kind: str  # "safetensors" or "pytorch"
-    files: tuple[Path, ...]
+class ModelFormat:
+    kind: str  # "safetensors", "pytorch", "gguf", "onnx", "int8"
+    folder: Path
+    weights: tuple[Path, ...]
+
+    @property
+    def gguf_file(self) -> str | None:
+        return self.weights[0].name if self.kind == "gguf" else None
+
+
+def _indexed_shards(index_file: Path) -> tuple[Path, ...]:
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{index_file.name}: not a valid shard index ({exc})") from exc
+    shards = tuple(sorted({index_file.parent / name for name in weight_map.values()}))
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise ModelLoadError(f"{index_file.name} names shards that are missing: {', '.join(missing)}")
+    return shards
+
+
+def _require(folder: Path, what: str, *names: str) -> None:
+    if not any((folder / name).is_file() for name in names):
+        raise ModelLoadError(f"{folder}: {what} is missing ({' or '.join(names)})")
+
+
+def detect_format(folder: Path) -> ModelFormat:
+    """The folder's format, after checking that everything that format needs is there."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: not a directory")
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise ModelLoadError(f"{folder}: several GGUF files ({', '.join(p.name for p in ggufs)}); keep one")
+    if ggufs:
+        return ModelFormat("gguf", folder, (ggufs[0],))
+    candidates = (
+        ("int8", INT8_MARKER, None),
+        ("onnx", ONNX_FILE, None),
+        ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+        ("pytorch", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    )
+    for kind, single, index in candidates:
+        if index and (folder / index).is_file():
+            weights = _indexed_shards(folder / index)
+        elif (folder / single).is_file():
+            weights = (folder / single,)
+        else:
+            continue
+        _require(folder, "config.json", "config.json")
+        _require(folder, "the tokenizer", *TOKENIZER_FILES)
+        if kind == "int8":
+            _require(folder, "the int8 weights", "model.safetensors")
+        return ModelFormat(kind, folder, weights)
+    raise ModelLoadError(
+        f"{folder}: no model weights (model.safetensors, pytorch_model.bin, a shard index of either, "
+        f"{ONNX_FILE} or a .gguf file)"
+    )
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -47,42 +114,22 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _indexed_shards(index_file: Path) -> tuple[Path, ...]:
+def load_tokenizer(fmt: ModelFormat, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{index_file.name}: not a valid shard index ({exc})") from exc
-    shards = tuple(sorted({index_file.parent / name for name in weight_map.values()}))
-    missing = [s.name for s in shards if not s.is_file()]
-    if missing:
-        raise ModelLoadError(f"{index_file.name} names shards that are missing: {', '.join(missing)}")
-    return shards
+        return AutoTokenizer.from_pretrained(
+            fmt.folder, gguf_file=fmt.gguf_file, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{fmt.folder}: the tokenizer cannot be loaded: {exc}") from exc
 
 
-def find_weights(folder: Path) -> WeightsFormat:
-    """Safetensors first; a PyTorch pickle only as a fallback (and then only tensors are unpickled)."""
-    for kind, single, index in (
-        ("safetensors", "model.safetensors", "model.safetensors.index.json"),
-        ("pytorch", "pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ):
-        if (folder / index).is_file():
-            return WeightsFormat(kind, _indexed_shards(folder / index))
-        if (folder / single).is_file():
-            return WeightsFormat(kind, (folder / single,))
-    raise ModelLoadError(
-        f"{folder}: no weights (model.safetensors, pytorch_model.bin or a shard index of either)"
-    )
-
-
-def check_model_folder(folder: Path) -> WeightsFormat:
-    """Every problem with a folder, named, before any weight is read."""
-    if not folder.is_dir():
-        raise ModelLoadError(f"{folder}: not a directory")
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{folder}: config.json is missing")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder}: no tokenizer ({', '.join(TOKENIZER_FILES)})")
-    return find_weights(folder)
+def load_config(fmt: ModelFormat, trust_remote_code: bool = False) -> Any:
+    try:
+        return AutoConfig.from_pretrained(
+            fmt.folder, gguf_file=fmt.gguf_file, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{fmt.folder}: config cannot be loaded: {exc}") from exc
 
 
 def context_length(config: object, cap: int | None) -> int:
@@ -100,3 +147,16 @@ def context_length(config: object, cap: int | None) -> int:
             "config.json: no max_position_embeddings (or n_positions); set model.max_context"
         )
     return min(limits)
+
+
+def eos_token_ids(fmt: ModelFormat, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    try:
+        generation = GenerationConfig.from_pretrained(fmt.folder, local_files_only=True)
+        eos = generation.eos_token_id
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    except OSError:
+        pass  # generation_config.json is optional
+    if isinstance(tokenizer.eos_token_id, int):
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

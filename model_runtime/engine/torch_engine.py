@@ -9,28 +9,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from model_runtime.config import ModelSettings
+from model_runtime.engine import int8
 from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.engine.kv_cache import ATTENTION_NAME, NO_MASK, AlignedKVCache
-from model_runtime.engine.loading import check_model_folder, context_length, resolve_device, resolve_dtype
+from model_runtime.engine.loading import (
+    ModelFormat,
+    context_length,
+    detect_format,
+    eos_token_ids,
+    load_config,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
-
-
-def eos_token_ids(folder: Path, tokenizer: object) -> frozenset[int]:
-    ids: set[int] = set()
-    try:
-        generation = GenerationConfig.from_pretrained(folder, local_files_only=True)
-        eos = generation.eos_token_id
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    except OSError:
-        pass  # generation_config.json is optional
-    tokenizer_eos = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(tokenizer_eos, int):
-        ids.add(tokenizer_eos)
-    return frozenset(ids)
 
 
 class TorchEngine:
@@ -152,50 +148,64 @@ class TorchEngine:
         return out.logits[0].float()
 
 
-def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> TorchEngine:
-    folder = Path(settings.path)
-    weights = check_model_folder(folder)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    started = time.perf_counter()
+def load_causal_lm(
+    fmt: ModelFormat, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The model of a folder in any torch-loadable format, with our attention, in eval mode."""
+    config = load_config(fmt, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=settings.trust_remote_code
-        )
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder, local_files_only=True, trust_remote_code=settings.trust_remote_code
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            config=config,
-            dtype=dtype,
-            local_files_only=True,
-            trust_remote_code=settings.trust_remote_code,
-            weights_only=True,  # a .bin checkpoint may hold tensors only, never code
-            use_safetensors=weights.kind == "safetensors",
-            attn_implementation=ATTENTION_NAME,
-        )
+        if fmt.kind == "int8":
+            if device.type != "cpu":
+                raise ModelLoadError(
+                    f"{fmt.folder}: a dynamic int8 model runs on the CPU only (model.device)"
+                )
+            model = int8.load(fmt.folder, config, ATTENTION_NAME)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                fmt.folder,
+                config=config,
+                gguf_file=fmt.gguf_file,
+                dtype=dtype,
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                weights_only=True,  # a .bin checkpoint may hold tensors only, never code
+                use_safetensors=True if fmt.kind == "safetensors" else None,
+                attn_implementation=ATTENTION_NAME,
+            )
     except ValueError as exc:
         # transformers says "... requires you to execute code ... trust_remote_code", or that the
         # architecture does not take a custom attention function, here.
-        raise ModelLoadError(f"{folder}: {exc}") from exc
+        raise ModelLoadError(f"{fmt.folder}: {exc}") from exc
     if not getattr(model, "_supports_attention_backend", False):
-        raise ModelLoadError(f"{folder}: {type(model).__name__} does not take a pluggable attention function")
-    model.to(device).eval()
+        raise ModelLoadError(
+            f"{fmt.folder}: {type(model).__name__} does not take a pluggable attention function"
+        )
+    return model.to(device).eval()
+
+
+def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> TorchEngine:
+    fmt = detect_format(Path(settings.path))
+    if fmt.kind == "onnx":
+        raise ModelLoadError(f"{fmt.folder}: an ONNX export runs on the onnx engine, not torch")
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(fmt, settings.trust_remote_code)
+    model = load_causal_lm(fmt, dtype, device, settings.trust_remote_code)
     seconds = time.perf_counter() - started
     info = EngineInfo(
-        max_context=context_length(config, settings.max_context),
-        eos_token_ids=eos_token_ids(folder, tokenizer),
+        max_context=context_length(model.config, settings.max_context),
+        eos_token_ids=eos_token_ids(fmt, tokenizer),
         device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype="int8" if fmt.kind == "int8" else str(dtype).removeprefix("torch."),
         parameters=sum(p.numel() for p in model.parameters()),
         load_seconds=seconds,
     )
     log.info(
         "loaded model",
         extra={
-            "model": str(folder),
-            "weights": weights.kind,
+            "model": str(fmt.folder),
+            "format": fmt.kind,
             "device": info.device,
             "dtype": info.dtype,
             "parameters": info.parameters,

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model_runtime.errors import OperatorError
+
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 _SKIPPED = {MANIFEST, ".verified"}
 
 
-class ManifestError(ValueError):
+class ManifestError(OperatorError, ValueError):
     """A folder that does not match its manifest; the message names the file."""
 
 

@@ -129,15 +129,13 @@ class _Worker:
     def start(self) -> bool:
         import torch
 
+        from model_runtime.engine.factory import load_engine
         from model_runtime.engine.threads import choose_threads
-        from model_runtime.engine.torch_engine import load_torch_engine
         from model_runtime.scheduler.core import Scheduler
 
         settings = self.spec.scheduler
         try:
-            self.engine = load_torch_engine(
-                self.spec.model, settings.max_batch_size, prefill_chunk=settings.max_prefill_tokens
-            )
+            self.engine = load_engine(self.spec.model, settings.max_batch_size, settings.max_prefill_tokens)
             if settings.torch_threads:
                 torch.set_num_threads(settings.torch_threads)
             else:
@@ -294,6 +292,11 @@ class EngineProcess:
     @property
     def load(self) -> tuple[int, int]:
         return self._load
+
+    @property
+    def outstanding(self) -> int:
+        """Sequences submitted and not finished (what a retiring model waits for)."""
+        return self._outstanding
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the engine: whatever still runs ends with SchedulerClosed, then the process exits."""

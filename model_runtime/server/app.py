@@ -11,17 +11,18 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from model_runtime import __version__
-from model_runtime.scheduler.events import Dispatch
-from model_runtime.server import chat, completions, health, metrics, models
+from model_runtime.config import ModelSettings
+from model_runtime.server import admin, chat, completions, health, metrics, models
 from model_runtime.server.auth import require_api_key
 from model_runtime.server.errors import install_error_handlers
 from model_runtime.server.middleware import EdgeMiddleware
 from model_runtime.server.protocol import ErrorResponse
 from model_runtime.server.state import RuntimeState, ServedModel, loop_dispatch
+from model_runtime.server.swap import Swapper
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[Dispatch], ServedModel]
+Loader = Callable[[ModelSettings], ServedModel]
 
 # Documented on every /v1 operation so the OpenAPI document lists the error envelope.
 ERROR_RESPONSES: dict[int | str, dict] = {
@@ -40,7 +41,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None]) -> None:
     try:
-        served = await asyncio.to_thread(loader, loop_dispatch(asyncio.get_running_loop()))
+        served = await asyncio.to_thread(loader, runtime.settings.model)
     except Exception as exc:
         log.exception("model failed to load")
         runtime.set_phase("failed", f"{type(exc).__name__}: {exc}")
@@ -55,6 +56,8 @@ async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str],
 def create_app(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None]) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.dispatch = loop_dispatch(asyncio.get_running_loop())
+        app.state.swapper = Swapper(runtime, loader)
         task = asyncio.create_task(_load(runtime, loader, on_fatal))
         yield
         task.cancel()
@@ -72,6 +75,8 @@ def create_app(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], 
     install_error_handlers(app)
     for router in (completions.router, chat.router, models.router):
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+    if runtime.admin_keys:
+        app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(EdgeMiddleware, runtime=runtime)

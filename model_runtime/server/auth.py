@@ -20,8 +20,11 @@ def _matches_any(presented: str, keys: frozenset[str]) -> bool:
 
 def require_api_key(request: Request) -> None:
     keys: frozenset[str] = request.app.state.runtime.api_keys
-    if not keys:  # the operator chose server.allow_unauthenticated
-        return
+    if keys:  # none: the operator chose server.allow_unauthenticated
+        check_bearer(request, keys)
+
+
+def check_bearer(request: Request, keys: frozenset[str]) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if not header:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
-from model_runtime.config import Settings
-from model_runtime.scheduler.events import Dispatch
+from model_runtime.config import ModelSettings, Settings
 from model_runtime.server.app import create_app
 from model_runtime.server.state import RuntimeState, ServedModel, start_served_model
 
@@ -24,17 +24,49 @@ log = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: RuntimeState, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, runtime: RuntimeState, grace: float, reload: Callable[[], Settings]
+    ) -> None:
         super().__init__(config)
         self.runtime = runtime
         self.grace = grace
+        self.reload = reload
+        self._reloads: set[asyncio.Task] = set()
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
     async def serve(self, sockets: list | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         await super().serve(sockets)
+
+    def _on_hangup(self) -> None:
+        task = asyncio.ensure_future(self._reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        """SIGHUP: read the configuration again; a changed model section hot-swaps the model."""
+        try:
+            fresh = self.reload()
+        except Exception as exc:
+            log.error("SIGHUP: the configuration does not load; nothing changed", extra={"error": str(exc)})
+            return
+        current = self.runtime.settings
+        if fresh.model == current.model:
+            log.info("SIGHUP: the model settings are unchanged")
+            return
+        if fresh.model_copy(update={"model": current.model}) != current:
+            log.warning(
+                "SIGHUP: only the model section changes without a restart; other changes wait for one"
+            )
+        try:
+            await self.config.app.state.swapper.swap(fresh.model)
+        except Exception as exc:  # the swapper keeps the old version serving and says why
+            log.error("SIGHUP: swap failed", extra={"error": str(exc)})
+            return
+        self.runtime.settings = current.model_copy(update={"model": fresh.model})
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Unlike uvicorn's own handler, the signal is not recorded for re-raising at exit: a drained
@@ -68,13 +100,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings) -> int:
-    """Run until drained; return the process exit code."""
-    runtime = RuntimeState(settings, settings.api_keys())
+def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """Run until drained; return the process exit code. reload reads the settings again (SIGHUP)."""
+    runtime = RuntimeState(settings, settings.api_keys(), settings.admin_keys())
     server: DrainingServer | None = None
 
-    def loader(dispatch: Dispatch) -> ServedModel:
-        served = start_served_model(settings, runtime.metrics, dispatch)
+    def loader(model: ModelSettings) -> ServedModel:
+        assert runtime.dispatch is not None, "models load once the event loop runs"
+        served = start_served_model(settings, model, runtime.metrics, runtime.dispatch)
         served.scheduler.on_death = on_fatal  # a dead engine makes this replica useless: exit, get restarted
         return served
 
@@ -92,7 +125,7 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
     )
-    server = DrainingServer(config, runtime, settings.server.shutdown_grace_s)
+    server = DrainingServer(config, runtime, settings.server.shutdown_grace_s, reload or (lambda: settings))
     log.info(
         "starting",
         extra={"host": settings.server.host, "port": settings.server.port, "model": settings.model.path},

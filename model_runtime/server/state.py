@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from model_runtime import __version__
-from model_runtime.config import Settings
+from model_runtime.config import ModelSettings, Settings
 from model_runtime.engine.base import EngineInfo
+from model_runtime.engine.loading import detect_format, load_tokenizer
+from model_runtime.registry.resolve import materialize
 from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
 from model_runtime.scheduler.worker import EngineProcess, WorkerSpec
 from model_runtime.server.errors import APIError, not_ready
@@ -53,9 +56,12 @@ def loop_dispatch(loop: asyncio.AbstractEventLoop) -> Dispatch:
     return dispatch
 
 
-def start_served_model(settings: Settings, metrics: RuntimeMetrics, dispatch: Dispatch) -> ServedModel:
-    """Start an engine process for settings.model, wait until it is loaded and warm (blocking)."""
-    model = settings.model
+def start_served_model(
+    settings: Settings, model: ModelSettings, metrics: RuntimeMetrics, dispatch: Dispatch
+) -> ServedModel:
+    """Start an engine process for model (a registry reference is pulled first), and wait until it is
+    loaded and warm (blocking)."""
+    model = materialize(model, settings.registry)
     version = model.version or "unversioned"
     engine = EngineProcess(
         WorkerSpec(model=model, scheduler=settings.scheduler, logging=settings.logging),
@@ -63,17 +69,19 @@ def start_served_model(settings: Settings, metrics: RuntimeMetrics, dispatch: Di
     )
     info = engine.start(dispatch)
     # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
-    tokenizer = AutoTokenizer.from_pretrained(
-        model.path, local_files_only=True, trust_remote_code=model.trust_remote_code
-    )
+    tokenizer = load_tokenizer(detect_format(Path(model.path)), model.trust_remote_code)
     metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
     return ServedModel(model.name, version, info, tokenizer, engine)
 
 
 class RuntimeState:
-    def __init__(self, settings: Settings, api_keys: frozenset[str]) -> None:
+    def __init__(
+        self, settings: Settings, api_keys: frozenset[str], admin_keys: frozenset[str] = frozenset()
+    ) -> None:
         self.settings = settings
         self.api_keys = api_keys
+        self.admin_keys = admin_keys
+        self.dispatch: Dispatch | None = None  # set on the event loop at start
         self.metrics = RuntimeMetrics()
         self.models: dict[str, ServedModel] = {}
         self.phase: Phase = "loading"

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -180,3 +181,28 @@ def test_too_little_disk_stops_before_any_change(hosts: TestHosts, demo_model: P
     assert "not enough free disk" in run.output
     assert run.changed() == 0
     assert hosts.ssh("small", f"ls -A {hosts.hosts['small'].prefix}").stdout == ""
+
+
+def test_deploy_a_model_from_the_registry_by_alias(fleet: dict, hosts: TestHosts, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    pushed = subprocess.run(
+        [sys.executable, "-m", "model_runtime", "registry", "--registry", str(registry), "push", "demo",
+         str(fleet["model"]), "--alias", "stable"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    version = pushed.stdout.strip().split(":", 1)[1].split(" ")[0]
+    run = playbook(
+        "deploy.yml", fleet["inventory"], {"model": "demo@stable", "model_artifacts_registry": str(registry)}
+    )
+    assert run.returncode == 0, run.output[-5000:]
+    for name in ("a", "b"):
+        client = openai.OpenAI(
+            base_url=f"http://{hosts.hosts[name].address}:8101/v1", api_key=KEY, max_retries=0
+        )
+        assert client.models.list().data[0].model_extra["version"] == version
+        kept = json.loads(
+            (
+                hosts.hosts[name].prefix / f"var/lib/model-runtime/models/demo/{version}/manifest.json"
+            ).read_text()
+        )
+        assert all("url" not in entry for entry in kept["files"])  # fetch URLs are not part of the version

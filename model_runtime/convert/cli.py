@@ -1,0 +1,39 @@
+"""`model-runtime convert SRC --to TARGET OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model_runtime.convert import TARGETS
+
+
+def evaluation_texts(path: Path | None) -> list[str]:
+    """Paragraphs of a text file (blank-line separated), or the demo corpus's held-out paragraphs."""
+    if path is not None:
+        return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+    from model_runtime.demo.corpus import load_corpus
+
+    return list(load_corpus().held_out)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from model_runtime.convert.convert import convert
+
+    record = convert(
+        args.source, args.to, args.out, evaluation_texts(args.eval_text), args.min_agreement, args.name
+    )
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("convert", help="change a model's format or precision, with recorded checks")
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--to", required=True, choices=TARGETS)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--min-agreement", type=float, default=0.9, help="top-1 agreement needed (0-1)")
+    parser.add_argument("--eval-text", type=Path, help="held-out text (default: the demo corpus)")
+    parser.add_argument("--name", default="model", help="model name (written into a GGUF file)")
+    parser.set_defaults(run=_convert)
