@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,ops
+EXTRAS ?= dev,ops,formats
 
 .PHONY: venv demo demo-stop wheelhouse demo-model test lint bench clean
 

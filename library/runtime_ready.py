@@ -9,8 +9,9 @@ short_description: Wait for a model-runtime instance's /health/ready, or report 
 description:
   - Polls the instance's readiness URL until it answers 200. Between polls it asks the service
     manager whether the instance is still alive; an instance that has stopped for good (supervisord's
-    FATAL, systemd's failed) ends the wait at once, with the end of its log in the message, instead of
-    after the whole timeout.
+    FATAL, systemd's failed) or that keeps dying and being restarted (a crash loop: its process ID
+    changed I(restarts) times) ends the wait at once, with the end of its log in the message, instead
+    of after the whole timeout.
 options:
   url:
     description: The readiness URL, e.g. http://127.0.0.1:8101/health/ready.
@@ -21,9 +22,15 @@ options:
     type: int
     default: 600
   status_command:
-    description: A command whose output says whether the service gave up (see I(dead_words)).
+    description:
+      - A command whose output says whether the service gave up (see I(dead_words)) and its process
+        ID (supervisorctl's C(pid N), or a line holding only the number, as systemctl's C(MainPID)).
     type: list
     elements: str
+  restarts:
+    description: How many times the process may be replaced while waiting before it counts as a crash loop.
+    type: int
+    default: 2
   dead_words:
     description: Words in the status command's output that mean the instance is dead for good.
     type: list
@@ -42,6 +49,7 @@ seconds:
   returned: success
 """
 
+import re
 import subprocess
 import time
 import urllib.error
@@ -68,6 +76,12 @@ def tail(path: str | None, lines: int = 15) -> str:
         return ""
 
 
+def process_id(status: str) -> int | None:
+    found = re.search(r"\bpid (\d+)|^(\d+)$", status, re.MULTILINE)
+    pid = int(found.group(1) or found.group(2)) if found else 0
+    return pid or None
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -75,6 +89,7 @@ def main() -> None:
             "timeout": {"type": "int", "default": 600},
             "status_command": {"type": "list", "elements": "str"},
             "dead_words": {"type": "list", "elements": "str", "default": ["FATAL", "failed"]},
+            "restarts": {"type": "int", "default": 2},
             "log_file": {"type": "path"},
         },
         supports_check_mode=True,
@@ -83,6 +98,7 @@ def main() -> None:
         module.exit_json(changed=False, skipped=True)
     params = module.params
     started = time.monotonic()
+    processes: list[int] = []
     while True:
         if ready(params["url"]):
             module.exit_json(changed=False, seconds=round(time.monotonic() - started, 1))
@@ -92,6 +108,14 @@ def main() -> None:
             if any(word in said for word in params["dead_words"]):
                 module.fail_json(
                     msg=f"the instance stopped for good: {said.strip()}\n{tail(params['log_file'])}"
+                )
+            pid = process_id(said)
+            if pid and pid not in processes:
+                processes.append(pid)
+            if len(processes) > params["restarts"]:
+                module.fail_json(
+                    msg=f"the instance keeps dying (crash loop: processes {processes} in "
+                    f"{time.monotonic() - started:.0f}s)\n{tail(params['log_file'])}"
                 )
         if time.monotonic() - started > params["timeout"]:
             module.fail_json(

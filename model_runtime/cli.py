@@ -8,13 +8,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model_runtime import __version__
+from model_runtime import __version__, doctor
+from model_runtime.cloud import cli as cloud_cli
 from model_runtime.config import load_settings
 from model_runtime.convert import cli as convert_cli
+from model_runtime.ensemble import cli as ensemble_cli
 from model_runtime.errors import OperatorError
 from model_runtime.logs import configure_logging
 from model_runtime.registry import cli as registry_cli
+
+if TYPE_CHECKING:
+    from model_runtime.demo.build import Recipe
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,10 +45,26 @@ def _demo_model(args: argparse.Namespace) -> int:
 
     configure_logging("info", json_format=False)
     recipe = replace(Recipe(), steps=args.steps, seed=args.seed)
+    if args.members:
+        return _demo_members(args, recipe)
     if args.if_missing and is_current(args.out_dir, recipe):
         print(f"{args.out_dir}: demo model is current (recipe {recipe.fingerprint()})")
         return 0
     record = build_demo_model(args.out_dir, recipe)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def _demo_members(args: argparse.Namespace, recipe: Recipe) -> int:
+    from model_runtime.demo import members
+
+    fingerprint = members.members_fingerprint(recipe, args.method, args.members)
+    if args.if_missing and members.is_current(args.out_dir, fingerprint):
+        print(f"{args.out_dir}: ensemble members are current ({fingerprint})")
+        return 0
+    record = members.build_members(args.out_dir, args.members, args.method, recipe)
+    for member in record["members"]:
+        del member["example_weights"]  # in members.json; too long for a terminal
     print(json.dumps(record, indent=2))
     return 0
 
@@ -54,6 +76,12 @@ def _manifest(args: argparse.Namespace) -> int:
     path = write_manifest(args.folder, manifest)
     print(f"{path}: {manifest['name']} version {manifest['version']}, {len(manifest['files'])} files")
     return 0
+
+
+def _member_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 2:
+        raise argparse.ArgumentTypeError(f"{value}: an ensemble needs 2 members or more")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=400, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR holds this build")
+    demo.add_argument(
+        "--members",
+        type=_member_count,
+        default=0,
+        help="train this many ensemble members instead (sharing one tokenizer), each --steps long",
+    )
+    demo.add_argument(
+        "--method",
+        choices=("bagging", "boosting"),
+        default="bagging",
+        help="members on bootstrap samples (bagging) or on examples reweighted by the previous "
+        "member's loss (boosting)",
+    )
     demo.set_defaults(run=_demo_model)
 
     manifest = commands.add_parser(
@@ -89,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     manifest.set_defaults(run=_manifest)
 
+    doctor.register(commands)
     registry_cli.register(commands)
     convert_cli.register(commands)
+    ensemble_cli.register(commands)
+    cloud_cli.register(commands)
     return parser
 
 

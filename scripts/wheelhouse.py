@@ -1,5 +1,6 @@
-"""Build the wheelhouse the fleet installs from, offline: the runtime wheel and every dependency
-(torch's CPU wheel, supervisor for hosts without systemd).
+"""Build the wheelhouse the fleet installs from, offline: the runtime wheel, exactly the files of
+requirements/server.lock (pip checks their hashes), torch's CPU wheel and
+supervisor for hosts without systemd.
 
 The runtime wheel gets a local version label from a hash of its sources (0.1.0+src.1a2b3c4d5e), so a
 changed source is a new release that the model_runtime role installs beside the old one, while an
@@ -20,12 +21,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "requirements" / "server.lock"
+# Not in the lock: installed per host beside the release venvs.
 EXTRA = ["supervisor==4.3.0", "torch==2.13.0"]
 
 
 def source_hash() -> str:
     digest = hashlib.sha256()
-    for path in sorted([REPO / "pyproject.toml", *(REPO / "model_runtime").rglob("*.py")]):
+    for path in sorted([REPO / "pyproject.toml", LOCK, *(REPO / "model_runtime").rglob("*.py")]):
         digest.update(path.relative_to(REPO).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
@@ -36,7 +39,7 @@ def base_version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-def build(out: Path, label: str) -> str:
+def build(out: Path, label: str, runtime_only: bool = False) -> str:
     version = f"{base_version()}+{label}"
     marker = out / "RUNTIME_VERSION"
     if marker.is_file() and marker.read_text().strip() == version and list(out.glob("model_runtime-*.whl")):
@@ -59,7 +62,9 @@ def build(out: Path, label: str) -> str:
         for stale in out.glob("model_runtime-*.whl"):
             if stale != wheel:
                 stale.unlink()
-        subprocess.run([*pip, str(wheel), *EXTRA], check=True)
+        if not runtime_only:
+            subprocess.run([*pip, "--no-deps", "--require-hashes", "-r", str(LOCK)], check=True)
+            subprocess.run([*pip, *EXTRA], check=True)
     marker.write_text(version + "\n")
     print(f"{out}: model-runtime {version} and its dependencies")
     return version
@@ -71,8 +76,13 @@ def main() -> None:
     )
     parser.add_argument("out", nargs="?", type=Path, default=REPO / ".cache" / "wheelhouse")
     parser.add_argument("--version-label", help="local version label (default: src.<hash of the sources>)")
+    parser.add_argument(
+        "--runtime-only",
+        action="store_true",
+        help="only the runtime wheel (its dependencies: another wheelhouse)",
+    )
     args = parser.parse_args()
-    build(args.out, args.version_label or f"src.{source_hash()}")
+    build(args.out, args.version_label or f"src.{source_hash()}", args.runtime_only)
 
 
 if __name__ == "__main__":

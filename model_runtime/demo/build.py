@@ -16,7 +16,8 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -181,6 +182,49 @@ def is_current(out_dir: Path, recipe: Recipe) -> bool:
     return built and (out_dir / MANIFEST).is_file()
 
 
+def write_model(
+    folder: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, record: dict, name: str
+) -> dict:
+    """Write a trained model as an ordinary Hugging Face folder with its build record and manifest;
+    returns the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[
+            tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+            tokenizer.convert_tokens_to_ids(END_OF_TURN),
+        ],
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(folder)
+    (folder / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    manifest = build_manifest(
+        folder, name, source=f"model-runtime demo-model, recipe {record['fingerprint']}"
+    )
+    write_manifest(folder, manifest)
+    return manifest
+
+
+@contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside out_dir that replaces it when the block ends without error: a
+    half-built model is never seen at out_dir."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        # mkdtemp and the weights writer create private modes; a model is read by a service user.
+        staging.chmod(0o755)
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def build_demo_model(out_dir: Path, recipe: Recipe = Recipe(), corpus: Corpus | None = None) -> dict:
     """Build into a temporary folder beside out_dir, then rename: a half-built model is never seen."""
     started = time.perf_counter()
@@ -197,33 +241,7 @@ def build_demo_model(out_dir: Path, recipe: Recipe = Recipe(), corpus: Corpus | 
         "build_seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=[
-                tokenizer.convert_tokens_to_ids(END_OF_TEXT),
-                tokenizer.convert_tokens_to_ids(END_OF_TURN),
-            ],
-            pad_token_id=tokenizer.pad_token_id,
-        ).save_pretrained(staging)
-        (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        manifest = build_manifest(
-            staging, "demo", source=f"model-runtime demo-model, recipe {recipe.fingerprint()}"
-        )
-        write_manifest(staging, manifest)
-        record["version"] = manifest["version"]
-        # mkdtemp and the weights writer create private modes; a model is read by a service user.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged(out_dir) as staging:
+        record["version"] = write_model(staging, model, tokenizer, record, "demo")["version"]
     log.info("built demo model", extra=record)
     return record

@@ -65,3 +65,15 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free the model's memory; the engine is unusable afterwards."""
         ...
+
+
+@runtime_checkable
+class RoutableEngine(Engine, Protocol):
+    """An engine of several members (an ensemble) that can run a sequence on one member alone, which is
+    how a vote ensemble gets each member's own answer through the same scheduler."""
+
+    member_names: tuple[str, ...]
+
+    def route(self, seq_id: int, member: int) -> None:
+        """Before seq_id joins: it runs on that member alone, and its rows are that member's logits."""
+        ...

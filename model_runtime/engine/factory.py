@@ -1,16 +1,28 @@
-"""Which engine serves a model folder: onnxruntime for an ONNX export, torch for everything else."""
+"""Which engine serves a model folder: onnxruntime for an ONNX export, the ensemble engine for an
+ensemble (whose members come back here), torch for everything else."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from model_runtime.config import ModelSettings
+from model_runtime.config import ModelSettings, RegistrySettings
 from model_runtime.engine.base import Engine
 from model_runtime.engine.loading import detect_format
 
 
-def load_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> Engine:
-    if detect_format(Path(settings.path)).kind == "onnx":
+def load_engine(
+    settings: ModelSettings,
+    max_batch: int,
+    prefill_chunk: int = 4096,
+    registry: RegistrySettings | None = None,
+) -> Engine:
+    """registry resolves an ensemble's members that are registry references."""
+    kind = detect_format(Path(settings.path)).kind
+    if kind == "ensemble":
+        from model_runtime.ensemble.engine import load_ensemble_engine
+
+        return load_ensemble_engine(settings, max_batch, prefill_chunk, registry)
+    if kind == "onnx":
         from model_runtime.engine.onnx_engine import load_onnx_engine
 
         return load_onnx_engine(settings)

@@ -4,7 +4,8 @@ and without unpickling code.
 Formats: a Hugging Face folder with safetensors (preferred) or a PyTorch pickle (`pytorch_model.bin`,
 read with weights_only), one GGUF file (Llama family; config and tokenizer come from the file), an
 ONNX export (`model.onnx` with config.json and the tokenizer), and our own dynamic-int8 folder
-(safetensors of int8 weights and scales). Anything else, or a folder with something missing, is a
+(safetensors of int8 weights and scales), and an ensemble (`ensemble.json` with the members' shared
+tokenizer; model_runtime/ensemble). Anything else, or a folder with something missing, is a
 ModelLoadError naming what is missing.
 """
 
@@ -33,12 +34,13 @@ hf_logging.disable_progress_bar()  # a progress bar per load is noise in service
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 INT8_MARKER = "model_runtime_int8.json"
 ONNX_FILE = "model.onnx"
+ENSEMBLE_FILE = "ensemble.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class ModelFormat:
-    kind: str  # "safetensors", "pytorch", "gguf", "onnx", "int8"
+    kind: str  # "safetensors", "pytorch", "gguf", "onnx", "int8", "ensemble"
     folder: Path
     weights: tuple[Path, ...]
 
@@ -68,6 +70,9 @@ def detect_format(folder: Path) -> ModelFormat:
     """The folder's format, after checking that everything that format needs is there."""
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: not a directory")
+    if (folder / ENSEMBLE_FILE).is_file():
+        _require(folder, "the members' shared tokenizer", *TOKENIZER_FILES)
+        return ModelFormat("ensemble", folder, ())
     ggufs = sorted(folder.glob("*.gguf"))
     if len(ggufs) > 1:
         raise ModelLoadError(f"{folder}: several GGUF files ({', '.join(p.name for p in ggufs)}); keep one")

@@ -16,11 +16,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from model_runtime.config import SchedulerSettings
-from model_runtime.engine.base import Engine
+from model_runtime.engine.base import Engine, RoutableEngine
 from model_runtime.scheduler.events import (
     Dispatch,
     EngineError,
@@ -144,11 +145,12 @@ class Scheduler:
                     self._shutdown_locked()
                     return
                 cancelled, self._cancelled = self._cancelled, set()
+                withdrawn = self._withdraw_locked(cancelled)
                 expired = self._take_expired_locked(time.monotonic())
                 admitted = self._admit_locked()
             started = time.monotonic()
             touched: dict[int, tuple[Sink, list[Event]]] = {}
-            for seq in expired:
+            for seq in [*withdrawn, *expired]:
                 self._emit(seq, touched)
             self._apply_cancellations(cancelled, touched)
             self._retire(touched)  # cancelled sequences leave before the pass
@@ -162,6 +164,16 @@ class Scheduler:
             if touched:
                 self._dispatch(list(touched.values()))
             self._step_seconds = 0.9 * self._step_seconds + 0.1 * (time.monotonic() - started)
+
+    def _withdraw_locked(self, cancelled: set[int]) -> list[_Seq]:
+        """Waiting sequences whose request was cancelled leave the line without running, and say so."""
+        if not cancelled:
+            return []
+        withdrawn = [s for s in self._waiting if s.id in cancelled]
+        for seq in withdrawn:
+            self._waiting.remove(seq)
+            seq.finish_reason = "cancelled"
+        return withdrawn
 
     def _take_expired_locked(self, now: float) -> list[_Seq]:
         limit = self.settings.queue_timeout_s
@@ -178,10 +190,6 @@ class Scheduler:
         tokens = 0
         while self._waiting and len(self._running) + len(admitted) < self.settings.max_batch_size:
             seq = self._waiting[0]
-            if seq.id in self._cancelled:
-                self._waiting.popleft()
-                self._cancelled.discard(seq.id)
-                continue
             if admitted and tokens + len(seq.prompt) > self.settings.max_prefill_tokens:
                 break
             admitted.append(self._waiting.popleft())
@@ -200,6 +208,9 @@ class Scheduler:
         """One engine pass: the next token of every running sequence and the prompts that join."""
         live = self._running  # cancelled ones left in _retire before this step
         self._running = live + admitted  # so that an engine failure ends the joining ones too
+        for seq in admitted:
+            if seq.params.member is not None:  # the server sends these only to an ensemble
+                cast(RoutableEngine, self.engine).route(seq.id, seq.params.member)
         logits = self.engine.step(
             [s.id for s in live],
             [s.last_token for s in live],

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Below this, logits divided by the temperature overflow float32 (and the distribution is one-hot for
+# any practical purpose), so such a choice is decoded greedily instead of sampling from NaNs.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -18,10 +22,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    member: int | None = None  # an ensemble member that runs this sequence alone (a vote); None: all
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
     @property
     def adjusts_logits(self) -> bool:

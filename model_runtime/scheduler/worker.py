@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from model_runtime.config import LoggingSettings, ModelSettings, SchedulerSettings
+from model_runtime.config import LoggingSettings, ModelSettings, RegistrySettings, SchedulerSettings
 from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.scheduler.events import (
     Dispatch,
@@ -51,6 +51,7 @@ class WorkerSpec:
     model: ModelSettings
     scheduler: SchedulerSettings
     logging: LoggingSettings
+    registry: RegistrySettings | None = None  # resolves an ensemble's registry members
 
 
 class StepObserver:
@@ -135,7 +136,9 @@ class _Worker:
 
         settings = self.spec.scheduler
         try:
-            self.engine = load_engine(self.spec.model, settings.max_batch_size, settings.max_prefill_tokens)
+            self.engine = load_engine(
+                self.spec.model, settings.max_batch_size, settings.max_prefill_tokens, self.spec.registry
+            )
             if settings.torch_threads:
                 torch.set_num_threads(settings.torch_threads)
             else:

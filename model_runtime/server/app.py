@@ -16,27 +16,18 @@ from model_runtime.server import admin, chat, completions, health, metrics, mode
 from model_runtime.server.auth import require_api_key
 from model_runtime.server.errors import install_error_handlers
 from model_runtime.server.middleware import EdgeMiddleware
-from model_runtime.server.protocol import ErrorResponse
+from model_runtime.server.openapi import (
+    CHAT_RESPONSES,
+    COMPLETION_RESPONSES,
+    MODELS_RESPONSES,
+    install_openapi,
+)
 from model_runtime.server.state import RuntimeState, ServedModel, loop_dispatch
 from model_runtime.server.swap import Swapper
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelSettings], ServedModel]
-
-# Documented on every /v1 operation so the OpenAPI document lists the error envelope.
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Invalid request; `param` names the offending field",
-        401: "Missing or wrong API key",
-        404: "Unknown model",
-        413: "Request body too large",
-        429: "Queue full; see Retry-After",
-        503: "Not ready, draining, or no slot in time; see Retry-After",
-        504: "Request ran past the server's time limit",
-    }.items()
-}
 
 
 async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None]) -> None:
@@ -73,8 +64,13 @@ def create_app(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], 
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (completions.router, chat.router, models.router):
-        app.include_router(router, dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+    install_openapi(app)
+    for router, responses in (
+        (completions.router, COMPLETION_RESPONSES),
+        (chat.router, CHAT_RESPONSES),
+        (models.router, MODELS_RESPONSES),
+    ):
+        app.include_router(router, dependencies=[Depends(require_api_key)], responses=responses)
     if runtime.admin_keys:
         app.include_router(admin.router)
     app.include_router(health.router)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from model_runtime.server.errors import APIError
 
@@ -18,7 +20,14 @@ def _matches_any(presented: str, keys: frozenset[str]) -> bool:
     return found
 
 
-def require_api_key(request: Request) -> None:
+# Puts the bearer scheme in the OpenAPI document; the check itself is check_bearer's, whose messages
+# tell a missing key from a wrong one.
+bearer_scheme = HTTPBearer(auto_error=False, description="One of the server's API keys")
+
+
+def require_api_key(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+) -> None:
     keys: frozenset[str] = request.app.state.runtime.api_keys
     if keys:  # none: the operator chose server.allow_unauthenticated
         check_bearer(request, keys)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from jinja2 import TemplateError
 
 from model_runtime.scheduler.events import Event, TokenLogprobs
+from model_runtime.server import voting
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import Envelope, TokenTexts
 from model_runtime.server.generation import (
@@ -141,9 +142,13 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
         served, len(prompt), requested, requested is not None, "messages", budget_param
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    generation = Generation(served, [prompt], sampling_params(req, max_tokens, logprobs, bias))
     formatter = ChatFormatter(served, logprobs)
+    params, writer = voting.plan(
+        req, served, sampling_params(req, max_tokens, logprobs, bias), formatter, formatter.envelope, 1,
+        runtime.settings.scheduler,
+    )  # fmt: skip
+    generation = Generation(served, [prompt], params)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
-        generation, formatter, req.stream, include_usage, request, formatter.envelope.usage_chunk
+        generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk
     )

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from model_runtime.scheduler.events import Event, TokenLogprobs
+from model_runtime.server import voting
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import Envelope, TokenTexts
 from model_runtime.server.generation import (
@@ -134,9 +135,13 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     max_tokens = resolve_max_tokens(
         served, max(len(p) for p in prompts), req.max_tokens, "max_tokens" in req.model_fields_set, "prompt"
     )
-    generation = Generation(served, prompts, sampling_params(req, max_tokens, req.logprobs, bias))
     formatter = CompletionFormatter(served, req.logprobs)
+    params, writer = voting.plan(
+        req, served, sampling_params(req, max_tokens, req.logprobs, bias), formatter, formatter.envelope,
+        len(prompts), limits,
+    )  # fmt: skip
+    generation = Generation(served, prompts, params)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
-        generation, formatter, req.stream, include_usage, request, formatter.envelope.usage_chunk
+        generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk
     )

@@ -116,9 +116,13 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
         ).response()
     param = param_path(first["loc"])
     if first["type"] == "missing":
-        message = f"{param} is required"
+        # No param: the body itself is missing.
+        message = f"{param} is required" if param else "the request body (a JSON object) is required"
     elif first["type"] == "model_attributes_type":
         message = "the request body must be a JSON object"
+        if "json" not in request.headers.get("content-type", ""):
+            # FastAPI reads a body of any other type as bytes, which then fails as "not an object".
+            message += ", sent with Content-Type: application/json"
     else:
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         if "input" in first and not isinstance(first["input"], dict | list):
@@ -128,7 +132,10 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
 
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code)).response()
+    response = APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code)).response()
+    # Starlette's own headers, such as the Allow that a 405 must carry (RFC 9110).
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -234,12 +234,12 @@ async def _collect(generation: Generation, first: list[Event] | None) -> list[Ch
     while events is not None:
         _raise_if_failed(events)
         for event in events:
-            _accumulate(results, event)
+            accumulate(results, event)
         events = await generation.next_events()
     return [results[i] for i in sorted(results)]
 
 
-def _accumulate(results: dict[int, ChoiceResult], event: Event) -> None:
+def accumulate(results: dict[int, ChoiceResult], event: Event) -> None:
     result = results.setdefault(event.index, ChoiceResult(event.index))
     result.text += event.text
     result.tokens = event.tokens
@@ -273,7 +273,7 @@ async def _stream(
                     yield "".join(parts) + _sse(json.dumps(from_exception(event.error).body())) + _DONE
                     return
                 is_first = event.index not in results
-                _accumulate(results, event)
+                accumulate(results, event)
                 parts.extend(_sse(chunk) for chunk in formatter.chunks(event, is_first))
             if parts:
                 yield "".join(parts)

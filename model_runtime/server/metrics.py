@@ -17,6 +17,8 @@ from model_runtime import __version__
 
 # Token latencies on CPU span a millisecond (tiny model, one stream) to a second (big batch).
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A whole request: a refusal in milliseconds up to a long stream (request_timeout_s is 600 by default).
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class RuntimeMetrics:
@@ -27,6 +29,18 @@ class RuntimeMetrics:
             "model_runtime_requests",
             "HTTP requests by endpoint and status",
             ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "model_runtime_request_duration_seconds",
+            "Generation requests, arrival to last byte (streams included), by endpoint",
+            ["endpoint"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "model_runtime_requests_in_flight",
+            "Generation requests between arrival and last byte",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -97,7 +111,16 @@ class ModelMetrics:
 router = APIRouter()
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format; no API key needed (scrapers)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(request: Request) -> Response:
     registry = request.app.state.runtime.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -66,6 +66,7 @@ class EdgeMiddleware:
         counted = path in GENERATION_PATHS
         if counted:
             self.runtime.request_started()
+            self.runtime.metrics.in_flight.inc()
         try:
             declared = headers.get(b"content-length", b"0")
             if declared.isdigit() and int(declared) > limit:
@@ -77,6 +78,10 @@ class EdgeMiddleware:
         finally:
             if counted:
                 self.runtime.request_finished()
+                self.runtime.metrics.in_flight.dec()
+                self.runtime.metrics.request_seconds.labels(endpoint=endpoint).observe(
+                    time.perf_counter() - started
+                )
             self.runtime.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
             if endpoint != "/metrics" and not endpoint.startswith("/health"):
                 log.info(

@@ -40,6 +40,8 @@ class _SamplingFields(_Request):
     # Extensions with vLLM's names, for benchmarks and evaluation harnesses.
     min_tokens: NonNegativeInt = 0
     ignore_eos: bool = False
+    # Extension: a vote ensemble's per-member answers and votes, in the response's `ensemble` field.
+    ensemble_members: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -152,6 +154,40 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+# Streamed chunks: written by the formatters as JSON text for speed, described here for the OpenAPI
+# document (each `data:` line of a stream is one of these, an ErrorResponse, or `[DONE]`).
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None  # only in the last chunk, with stream_options.include_usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None  # only in the last chunk, with stream_options.include_usage
 
 
 class ModelCard(BaseModel):

@@ -18,6 +18,7 @@ from model_runtime import __version__
 from model_runtime.config import ModelSettings, Settings
 from model_runtime.engine.base import EngineInfo
 from model_runtime.engine.loading import detect_format, load_tokenizer
+from model_runtime.ensemble.spec import EnsembleSpec, read_spec
 from model_runtime.registry.resolve import materialize
 from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
 from model_runtime.scheduler.worker import EngineProcess, WorkerSpec
@@ -36,6 +37,7 @@ class ServedModel:
     info: EngineInfo
     tokenizer: PreTrainedTokenizerBase
     scheduler: EngineProcess
+    ensemble: EnsembleSpec | None = None  # how the engine's members answer together, for an ensemble
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -64,14 +66,19 @@ def start_served_model(
     model = materialize(model, settings.registry)
     version = model.version or "unversioned"
     engine = EngineProcess(
-        WorkerSpec(model=model, scheduler=settings.scheduler, logging=settings.logging),
+        WorkerSpec(
+            model=model, scheduler=settings.scheduler, logging=settings.logging, registry=settings.registry
+        ),
         metrics.for_model(model.name),
     )
     info = engine.start(dispatch)
-    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
-    tokenizer = load_tokenizer(detect_format(Path(model.path)), model.trust_remote_code)
+    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights;
+    # an ensemble folder carries its members' shared one, and its spec (a vote is tallied here).
+    fmt = detect_format(Path(model.path))
+    tokenizer = load_tokenizer(fmt, model.trust_remote_code)
+    ensemble = read_spec(fmt.folder) if fmt.kind == "ensemble" else None
     metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
-    return ServedModel(model.name, version, info, tokenizer, engine)
+    return ServedModel(model.name, version, info, tokenizer, engine, ensemble)
 
 
 class RuntimeState:

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import openai
 import pytest
 import testinfra
 
-from tests.support.ansible import ensure_wheelhouse, playbook
+from tests.support.ansible import ensure_wheelhouse, playbook, release_wheelhouse
+from tests.support.models import REPO
 from tests.support.netns import SUBNET, TestHost, TestHosts
 
 pytestmark = [
@@ -31,9 +34,11 @@ DEBIAN_10 = (
 )
 
 
-def fleet_vars(wheelhouse: Path, model: Path) -> dict:
+def fleet_vars(wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
     """What a real inventory's group_vars would say, with every path under each host's prefix."""
-    offline = f"--no-index --find-links {wheelhouse}"
+    offline = f"--no-index --find-links {wheelhouse}" + "".join(
+        f" --find-links {w}" for w in more_wheelhouses
+    )
     return {
         "model_artifacts_prefix": "{{ fleet_prefix }}",
         "model_artifacts_name": "demo",
@@ -77,15 +82,19 @@ def hosts():
 
 
 @pytest.fixture(scope="module")
-def fleet(hosts: TestHosts, demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def fleet(hosts: TestHosts, demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     wheelhouse = ensure_wheelhouse()
+    # A second runtime release, for the canary: only its wheel (the dependencies are in the first).
+    nxt, next_runtime = release_wheelhouse(Path(tempfile.mkdtemp(prefix="mrt-wheelhouse-next-")), "canary")
     inventory = hosts.inventory(
         tmp_path_factory.mktemp("inventory") / "hosts.yml",
         {"gpu_servers": ["a", "b"], "loadbalancers": ["a"]},
-        fleet_vars(wheelhouse, demo_model),
+        fleet_vars(wheelhouse, demo_model, nxt),
     )
     run = playbook("site.yml", inventory)
-    return {"run": run, "inventory": inventory, "wheelhouse": wheelhouse, "model": demo_model}
+    yield {"run": run, "inventory": inventory, "wheelhouse": wheelhouse, "model": demo_model,
+           "next_runtime": next_runtime}  # fmt: skip
+    shutil.rmtree(nxt, ignore_errors=True)
 
 
 def host(fleet: dict, name: str) -> testinfra.host.Host:
@@ -206,3 +215,96 @@ def test_deploy_a_model_from_the_registry_by_alias(fleet: dict, hosts: TestHosts
             ).read_text()
         )
         assert all("url" not in entry for entry in kept["files"])  # fetch URLs are not part of the version
+
+
+def fab(fleet: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "fab"), *args, "--inventory", str(fleet["inventory"])],
+        capture_output=True, text=True, cwd=REPO, check=False, timeout=900,
+    )  # fmt: skip
+
+
+def test_fab_lists_its_tasks() -> None:
+    listing = subprocess.run([str(Path(sys.executable).parent / "fab"), "-l"], capture_output=True, text=True,
+                             cwd=REPO, check=True).stdout  # fmt: skip
+    for name in ("status", "logs", "drain", "enable", "restart", "canary", "doctor"):
+        assert re.search(rf"^\s+{name}\b", listing, re.MULTILINE), listing
+
+
+def test_fab_status_table_and_json(fleet: dict) -> None:
+    table = fab(fleet, "status")
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^a\s+1\s+\S+\s+demo@", table.stdout, re.MULTILINE)
+    assert re.search(r"^b\s+1\s+\S+\s+demo@", table.stdout, re.MULTILINE)
+    data = json.loads(fab(fleet, "status", "--json").stdout)
+    assert {row["host"] for row in data["instances"]} == {"a", "b"}
+
+
+def test_fab_logs(fleet: dict) -> None:
+    logs = fab(fleet, "logs", "--host", "a", "--lines", "5")
+    assert logs.returncode == 0, logs.stderr
+    assert "==> a instance 1 <==" in logs.stdout
+    assert '"logger"' in logs.stdout
+
+
+def lb_states(fleet: dict) -> dict[str, str]:
+    stats = host(fleet, "a").ansible(
+        "uri", "url=http://127.0.0.1:8404/stats;csv return_content=true", check=False
+    )
+    rows = [line.split(",") for line in stats["content"].splitlines() if line.startswith("model_runtime,")]
+    return {row[1]: row[17] for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
+
+
+def test_fab_drain_and_enable(fleet: dict) -> None:
+    drained = fab(fleet, "drain", "b")
+    assert drained.returncode == 0, drained.stderr
+    assert lb_states(fleet)["b-1"] == "DRAIN"
+    enabled = fab(fleet, "enable", "b")
+    assert enabled.returncode == 0, enabled.stderr
+    deadline = time.monotonic() + 30
+    while lb_states(fleet)["b-1"] != "UP":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_fab_rolling_restart(fleet: dict, hosts: TestHosts) -> None:
+    def pids() -> dict[str, str]:
+        return {name: hosts.ssh(name, f"pgrep -u mrt-{name} -f 'model-runtime serve'").stdout.split()[0]
+                for name in ("a", "b")}  # fmt: skip
+
+    before = pids()
+    restarted = fab(fleet, "restart", "--rolling")
+    assert restarted.returncode == 0, restarted.stderr
+    assert "a-1: restarted and ready" in restarted.stdout
+    assert "b-1: restarted and ready" in restarted.stdout
+    after = pids()
+    assert all(after[n] != before[n] for n in after)
+    assert lb_states(fleet) == {"a-1": "UP", "b-1": "UP"}
+
+
+def test_fab_canary_upgrades_one_host(fleet: dict, hosts: TestHosts) -> None:
+    canary = fab(fleet, "canary", fleet["next_runtime"], "a")
+    assert canary.returncode == 0, canary.stdout[-3000:] + canary.stderr
+    assert "smoke: a-1" in canary.stdout
+
+    def version(name: str) -> str:
+        client = openai.OpenAI(
+            base_url=f"http://{hosts.hosts[name].address}:8101/v1", api_key=KEY, max_retries=0
+        )
+        return client.completions.create(model="demo", prompt="Hi", max_tokens=1).system_fingerprint
+
+    assert version("a").startswith(f"model-runtime-{fleet['next_runtime']}:")
+    assert not version("b").startswith(f"model-runtime-{fleet['next_runtime']}:")
+
+
+def test_fab_refuses_a_host_whose_key_is_unknown(fleet: dict, hosts: TestHosts, tmp_path: Path) -> None:
+    wrong = tmp_path / "known_hosts"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    wrong.write_text(
+        f"{hosts.hosts['a'].address} " + " ".join((tmp_path / "other.pub").read_text().split()[:2]) + "\n"
+    )
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(fleet["inventory"].read_text().replace(str(hosts.known_hosts), str(wrong)))
+    refused = fab({**fleet, "inventory": inventory}, "status")
+    assert refused.returncode != 0
+    assert "BadHostKeyException" in refused.stderr or "not found in known_hosts" in refused.stderr

@@ -1,104 +1,224 @@
-"""The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy),
-the openai client through the load balancer, an idempotent second run, and stop.yml."""
+"""The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
+3 instances), the openai client through the load balancer, an idempotent second run; then, under
+constant load through HAProxy with every request counted, a rolling upgrade of runtime and model, a
+rollback, a broken release, a kill -9, scale runs, and the schedules; stop.yml at the end."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.support.ansible import ensure_wheelhouse, playbook
-from tests.support.models import REPO
-from tests.support.server import free_port
+from bench.soak import OVERLOAD_SETTINGS, report, soak
+from model_runtime.fleet.cycle import STEPS, parse_cycles
+from tests.support.fleet import KEY, LocalFleet, running_under
 
 pytestmark = pytest.mark.integration
-
-LOCAL = REPO / "inventories" / "local"
-
-
-def consecutive_free_ports(count: int) -> int:
-    while True:
-        base = free_port()
-        if base + count < 65535 and all(_is_free(base + i) for i in range(1, count)):
-            return base
-
-
-def _is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def running_under(prefix: Path) -> list[str]:
-    listing = subprocess.run(
-        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
-    ).stdout
-    return [line for line in listing.splitlines() if str(prefix) in line and " Z" not in line]
 
 
 @pytest.fixture(scope="module")
 def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    ensure_wheelhouse()
-    prefix = tmp_path_factory.mktemp("fleet")
-    key = "local-fleet-test-key"
-    settings = {
-        "fleet_prefix": str(prefix),
-        "model_runtime_base_port": consecutive_free_ports(2),
-        "loadbalancer_port": free_port(),
-        "loadbalancer_stats_port": free_port(),
-        "model_runtime_api_keys": [key],
-    }
-    first = playbook("site.yml", LOCAL, settings)
-    yield {"first": first, "settings": settings, "key": key, "prefix": prefix}
-    stopped = playbook("stop.yml", LOCAL, settings)
+    # Few batch slots and queue places per replica, so that the short soak below is an overload.
+    fleet = LocalFleet(tmp_path_factory.mktemp("fleet"), demo_model, runtime_settings=OVERLOAD_SETTINGS)
+    fleet.first = fleet.run("site.yml")
+    fleet.v2 = fleet.model_version("v2")
+    fleet.broken = fleet.model_version("broken", break_weights=True)
+    yield fleet
+    stopped = fleet.stop()
     assert stopped.returncode == 0, stopped.output[-3000:]
-    assert running_under(prefix) == [], "stop.yml left processes running"
+    assert running_under(fleet.prefix) == [], "stop.yml left processes running"
 
 
-def test_site_brings_up_the_fleet_behind_haproxy(fleet: dict) -> None:
-    first = fleet["first"]
+def test_site_brings_up_the_fleet_behind_haproxy(fleet: LocalFleet) -> None:
+    first = fleet.first
     assert first.returncode == 0, first.output[-4000:]
-    port = fleet["settings"]["loadbalancer_port"]
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=fleet["key"], max_retries=0)
-    answers = set()
-    for _ in range(4):
+    # Over HTTPS, trusting the fleet's own CA (made by the loadbalancer role for the local demo).
+    client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=KEY, max_retries=0, http_client=fleet.http())
+    for _ in range(3):
         reply = client.chat.completions.with_raw_response.create(
-            model="demo", messages=[{"role": "user", "content": "What is a License?"}], max_tokens=12
+            model="demo",
+            messages=[{"role": "user", "content": "What is a License?"}],
+            max_tokens=12,
+            temperature=0,
         )
         completion = reply.parse()
         assert completion.choices[0].message.content.strip()
         assert reply.headers["x-request-id"]  # set by HAProxy, echoed by the runtime
-        answers.add(completion.system_fingerprint)
-    assert len(answers) == 1
-    assert next(iter(answers)).endswith(f"demo@{_model_version()}")
-    # Both instances are in the pool and up.
-    stats = httpx.get(f"http://127.0.0.1:{fleet['settings']['loadbalancer_stats_port']}/stats;csv").text
-    rows = [line.split(",") for line in stats.splitlines() if line.startswith("model_runtime,localhost-")]
-    assert len(rows) == 2
-    assert all(row[17] == "UP" for row in rows)
+        assert completion.system_fingerprint == f"model-runtime-{fleet.old_runtime}:demo@{fleet.old_model}"
+    assert fleet.server_states() == {"localhost-1": "UP", "localhost-2": "UP", "localhost-3": "UP"}
 
 
-def test_the_runtime_is_not_reachable_through_haproxy_for_admin_paths(fleet: dict) -> None:
-    port = fleet["settings"]["loadbalancer_port"]
-    assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
-    assert httpx.post(f"http://127.0.0.1:{port}/admin/swap").status_code == 404
+def test_admin_and_metrics_are_not_reachable_through_haproxy(fleet: LocalFleet) -> None:
+    with fleet.http() as client:
+        assert client.get("/metrics").status_code == 404
+        assert client.post("/admin/models/demo/swap").status_code == 404
 
 
-def test_second_run_changes_nothing(fleet: dict) -> None:
-    again = playbook("site.yml", LOCAL, fleet["settings"])
+def test_the_load_balancer_speaks_only_verified_tls(fleet: LocalFleet) -> None:
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{fleet.url}/health/ready")  # the system's CAs do not know the fleet's CA
+    plain = f"http://127.0.0.1:{fleet.settings['loadbalancer_port']}/health/ready"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(plain).raise_for_status()
+
+
+def test_second_run_changes_nothing(fleet: LocalFleet) -> None:
+    again = fleet.run("site.yml")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed() == 0, [line for line in again.output.splitlines() if line.startswith("changed")]
 
 
-def _model_version() -> str:
-    import json
+def test_rolling_upgrade_of_runtime_and_model_drops_nothing(fleet: LocalFleet) -> None:
+    upgrade = {"model_runtime_version": fleet.new_runtime, "model_artifacts_source": str(fleet.v2)}
+    run, traffic = fleet.run_under_load("upgrade.yml", upgrade)
+    assert run.returncode == 0, run.output[-5000:]
+    assert traffic.failures == [], traffic.failures[:3]
+    assert fleet.releases() == {i: (fleet.new_runtime, "v2", "serving") for i in ("1", "2", "3")}
+    new = f"model-runtime-{fleet.new_runtime}:demo@v2"
+    assert new in {o.fingerprint for o in traffic.outcomes}
+    assert "0 of 3 instances differ" in run.output
+    assert len(re.findall(r"smoke: localhost-\d", run.output)) == 6  # two prompts per instance
+    cycles = parse_cycles(run.output)
+    assert sorted(cycles) == ["localhost-1", "localhost-2", "localhost-3"]
+    for steps in cycles.values():
+        assert list(steps) == [*STEPS.values(), "total"]
+        assert sum(steps.values()) - steps["total"] == pytest.approx(steps["total"], abs=0.05)
 
-    return json.loads((REPO / ".cache" / "demo-model" / "manifest.json").read_text())["version"]
+
+def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> None:
+    run = fleet.run("status.yml", {"json": True}, env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    assert run.returncode == 0, run.output[-3000:]
+    task = run.output.rindex("TASK [Print the fleet table]")
+    result, _ = json.JSONDecoder().raw_decode(run.output, run.output.index("{", task))
+    shown = result["msg"]
+    assert shown["desired"]["runtime_version"] == fleet.new_runtime
+    assert [(row["instance"], row["model_version"], row["differs"]) for row in shown["instances"]] == [
+        ("1", "v2", False),
+        ("2", "v2", False),
+        ("3", "v2", False),
+    ]
+
+
+def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
+    run, traffic = fleet.run_under_load("rollback.yml", {})
+    assert run.returncode == 0, run.output[-5000:]
+    assert traffic.failures == [], traffic.failures[:3]
+    assert fleet.releases() == {i: (fleet.old_runtime, fleet.old_model, "serving") for i in ("1", "2", "3")}
+
+
+def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: LocalFleet) -> None:
+    before = fleet.releases()
+    run, traffic = fleet.run_under_load("upgrade.yml", {"model_artifacts_source": str(fleet.broken)})
+    assert run.returncode != 0
+    assert "localhost instance 1 failed at step ready" in run.output, run.output[-5000:]
+    assert "the run stops here" in run.output
+    assert traffic.failures == [], traffic.failures[:3]
+    assert fleet.releases() == before  # instance 1 back where it was, 2 and 3 never touched
+    assert fleet.server_states() == {"localhost-1": "UP", "localhost-2": "UP", "localhost-3": "UP"}
+
+
+def test_driver_upgrade_skips_hosts_without_a_gpu(fleet: LocalFleet) -> None:
+    before = fleet.releases()
+    run = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": "575"})
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.changed() == 0
+    assert "Drain and stop each serving instance" not in run.output
+    assert fleet.releases() == before
+
+
+def test_driver_upgrade_plan_in_check_mode_changes_nothing(fleet: LocalFleet) -> None:
+    before = fleet.releases()
+    plan = {"nvidia_driver_version": "575", "nvidia_driver_gpu_override": True}
+    run = fleet.run("driver-upgrade.yml", plan, "--check")
+    assert run.returncode == 0, run.output[-3000:]
+    assert "would install cuda-drivers-575" in run.output
+    assert run.output.count("TASK [model_runtime : Drain the instance at every load balancer]") == 3
+    assert fleet.releases() == before
+    assert fleet.server_states() == {"localhost-1": "UP", "localhost-2": "UP", "localhost-3": "UP"}
+
+
+def back_up(fleet: LocalFleet, killed: int) -> bool:
+    """Instance 2 runs again, as a new process, and HAProxy has it UP."""
+    pid = fleet.supervisorctl("pid", "model-runtime-2")
+    return pid.isdigit() and int(pid) != killed and fleet.server_states().get("localhost-2") == "UP"
+
+
+def test_kill_9_of_a_replica_costs_no_non_streaming_request(fleet: LocalFleet) -> None:
+    pid = int(fleet.supervisorctl("pid", "model-runtime-2"))
+    with fleet.load() as traffic:
+        traffic.wait_for(20)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while not back_up(fleet, pid):
+            assert time.monotonic() < deadline, "the killed replica did not come back"
+            time.sleep(0.5)
+        traffic.wait_for(len(traffic.outcomes) + 40)
+    assert [o for o in traffic.failures if not o.stream] == []
+    assert fleet.server_states()["localhost-2"] == "UP"
+
+
+def test_scale_down_and_up_drops_nothing(fleet: LocalFleet) -> None:
+    down, traffic_down = fleet.run_under_load("scale.yml", {"replicas": 1})
+    assert down.returncode == 0, down.output[-5000:]
+    assert [state for _, _, state in fleet.releases().values()] == ["serving", "scaled-in", "scaled-in"]
+    assert fleet.supervisorctl("status", "model-runtime-3").split()[1] == "STOPPED"
+    up, traffic_up = fleet.run_under_load("scale.yml", {"replicas": 3})
+    assert up.returncode == 0, up.output[-5000:]
+    assert traffic_down.failures == []
+    assert traffic_up.failures == []
+    assert [state for _, _, state in fleet.releases().values()] == ["serving"] * 3
+    assert fleet.server_states() == {"localhost-1": "UP", "localhost-2": "UP", "localhost-3": "UP"}
+
+
+def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet) -> None:
+    before = fleet.releases()
+    run = fleet.run("scale.yml", {"replicas": 0})
+    assert run.returncode != 0
+    assert "replicas=0 refused: the fleet allows 1 to 3 serving instances" in run.output
+    assert fleet.releases() == before
+
+
+def test_schedules_are_cron_jobs_that_run_the_playbook_under_flock(fleet: LocalFleet) -> None:
+    cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
+    jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
+    assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
+    assert jobs["weekday-mornings"].startswith("0 8 * * 1-5 ")
+    assert jobs["sunday-upgrade"].startswith("0 3 * * 0 ")
+    runner = fleet.prefix / "var/lib/model-runtime/schedules/fleet-run"
+    assert "flock -n" in runner.read_text()
+    # Run the evening entry's command as cron would (minus the schedule and user fields).
+    command = jobs["evenings"].split(None, 6)[6]
+    extra = " ".join(f"-e {json.dumps(json.dumps({k: v}))}" for k, v in fleet.settings.items())
+    done = subprocess.run(f"{command} {extra}", shell=True, capture_output=True, text=True, check=False)  # noqa: S602
+    log = (fleet.prefix / "var/log/model-runtime/schedules/evenings.log").read_text()
+    status = (fleet.prefix / "var/lib/model-runtime/schedules/evenings.status").read_text().split()[0]
+    assert done.returncode == 0, log[-3000:]
+    assert status == "0"
+    assert "scale.yml -e replicas=1" in log
+    assert "PLAY RECAP" in log
+    assert "exit 0" in log
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log, re.MULTILINE)
+    assert [state for _, _, state in fleet.releases().values()] == ["serving", "scaled-in", "scaled-in"]
+    back = fleet.run("scale.yml", {"replicas": 3})
+    assert back.returncode == 0, back.output[-3000:]
+
+
+def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: LocalFleet) -> None:
+    clients = 40  # against 3 replicas x (4 batch slots + 4 queue places)
+    result = soak(fleet.url, KEY, fleet.tls(), fleet.replica_pids, clients=clients, seconds=20)
+    print(report(result, clients))
+    assert result.lost == []
+    assert result.refused_without_retry_after == 0
+    assert result.refused > 0  # it was an overload
+    assert result.answered > 0
+    assert sorted(result.memory_mb) == ["localhost-1", "localhost-2", "localhost-3"]
+    for warm, end in result.memory_mb.values():
+        assert end < warm * 1.25 + 64, result.memory_mb

@@ -62,3 +62,15 @@ def ensure_wheelhouse() -> Path:
         [sys.executable, str(REPO / "scripts" / "wheelhouse.py")], check=True, stdout=subprocess.DEVNULL
     )
     return REPO / ".cache" / "wheelhouse"
+
+
+def release_wheelhouse(target: Path, label: str) -> tuple[Path, str]:
+    """A second runtime release to roll to: only its wheel, labelled `label` (its dependencies are in
+    the fleet's wheelhouse). Returns the folder and the release's version."""
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "wheelhouse.py"), str(target), "--version-label", label,
+         "--runtime-only"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    target.chmod(0o755)  # the test hosts' users read it too
+    return target, (target / "RUNTIME_VERSION").read_text().strip()

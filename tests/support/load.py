@@ -4,6 +4,7 @@ streamed or not, and the system_fingerprint of each answer is kept (which versio
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class BackgroundLoad:
     clients: int = 4
     max_requests: int = 2000  # a bound, so that a test can never loop forever
     max_tokens: int = 12
+    verify: ssl.SSLContext | bool = True  # the CA to trust for an https base_url
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -61,7 +63,7 @@ class BackgroundLoad:
 
     def _client(self, index: int) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=120) as client:
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=120, verify=self.verify) as client:
             turn = 0
             while not self._stop.is_set():
                 with self._lock:

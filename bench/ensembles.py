@@ -1,0 +1,129 @@
+"""Ensembles of the demo's members on this machine, every figure measured in this one run:
+
+  perplexity   held-out perplexity of each member and of their combinations (average of probabilities,
+               average of log-probabilities, stack), teacher-forced through the serving engines on the test
+               half of the demo corpus's held-out paragraphs (`model-runtime ensemble evaluate`'s numbers)
+  throughput   tokens/s of 16 concurrent greedy streams served over HTTP, the averaged ensemble against
+               each member served alone, and their ratio
+
+Members: `model-runtime demo-model OUT --members 3 --method bagging|boosting`, each trained as long as the
+demo model (400 steps), cached under .cache/ (about 5 minutes per method the first time).
+Run: .venv/bin/python -m bench.ensembles [--quick] [--methods bagging boosting]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from bench.load import LoadResult, run_streams
+from bench.serving import CONCURRENCY, bench_prompts, bodies
+from model_runtime.config import RegistrySettings
+from model_runtime.demo.build import Recipe
+from model_runtime.demo.corpus import load_corpus
+from model_runtime.demo.members import build_members, is_current, members_fingerprint
+from model_runtime.ensemble.artifact import resolve_candidates
+from model_runtime.ensemble.evaluate import Evaluation, evaluate_generation, load_candidates
+from tests.support.models import REPO
+from tests.support.server import API_KEY, RuntimeProcess
+
+MEMBERS = 3
+
+
+def members_folder(method: str, recipe: Recipe) -> Path:
+    folder = REPO / ".cache" / f"bench-ensemble-{method}-{recipe.steps}"
+    if not is_current(folder, members_fingerprint(recipe, method, MEMBERS)):
+        print(f"training {MEMBERS} {method} members of {recipe.steps} steps into {folder} ...", flush=True)
+        build_members(folder, MEMBERS, method, recipe)
+    return folder
+
+
+def perplexities(folder: Path) -> Evaluation:
+    torch.set_num_threads(os.cpu_count() or 1)
+    candidates = resolve_candidates([str(folder / f"member-{i}") for i in range(MEMBERS)], RegistrySettings())
+    engines = load_candidates(candidates, "cpu")
+    evaluation = evaluate_generation(candidates, engines, load_corpus().held_out)
+    for engine in engines:
+        engine.close()
+    return evaluation
+
+
+def throughput(folder: Path, prompts: list[str], new_tokens: int, workdir: Path) -> LoadResult:
+    """16 concurrent greedy streams of exactly new_tokens each, after a short warm-up."""
+    server = RuntimeProcess(folder, workdir, {"scheduler": {"torch_threads": None}}, name="bench").start(
+        timeout=600
+    )
+    try:
+        extra = {"ignore_eos": True}
+        run_streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)
+        return run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
+    finally:
+        server.stop()
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def print_perplexity(method: str, evaluation: Evaluation) -> None:
+    report = evaluation.report()
+    best = report["best_member"]["test"]
+    print(f"\n{method}: held-out perplexity ({report['data']['test']['tokens']} tokens, test half)\n")
+    print(row("model", "perplexity", "/ best member"))
+    print(row("---", "---", "---"))
+    for member in report["candidates"]:
+        print(row(member["name"], f"{member['test']:.2f}", f"{member['test'] / best:.3f}"))
+    for combination in report["combinations"]:
+        if len(combination["members"]) == MEMBERS:
+            label = f"{combination['name'].split('(')[0]} (all {MEMBERS})"
+            print(row(label, f"{combination['test']:.2f}", f"{combination['test'] / best:.3f}"))
+
+
+def print_throughput(method: str, ensemble: LoadResult, members: list[LoadResult]) -> None:
+    print(f"\n{method}: served throughput, {CONCURRENCY} concurrent streams\n")
+    print(row("served", "tokens/s", "ensemble / this"))
+    print(row("---", "---", "---"))
+    for i, result in enumerate(members):
+        ratio = ensemble.tokens_per_second / result.tokens_per_second
+        print(row(f"member-{i} alone", f"{result.tokens_per_second:.0f}", f"{ratio:.2f}"))
+    mean = statistics.mean(r.tokens_per_second for r in members)
+    ratio = f"{ensemble.tokens_per_second / mean:.2f} of the members' mean"
+    print(row(f"ensemble (average of {MEMBERS})", f"{ensemble.tokens_per_second:.0f}", ratio))
+    failed = ensemble.failed + sum(r.failed for r in members)
+    print(f"\nfailed requests: {failed}; machine: {os.cpu_count()} CPU threads, torch {torch.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="members of 100 steps, fewer tokens (a smoke run)"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=("bagging", "boosting"), default=["bagging", "boosting"]
+    )
+    args = parser.parse_args()
+    recipe = replace(Recipe(), steps=100 if args.quick else Recipe().steps)
+    prompt_count, new_tokens = (16, 16) if args.quick else (48, 64)
+    for method in args.methods:
+        folder = members_folder(method, recipe)
+        evaluation = perplexities(folder)
+        prompts = bench_prompts(AutoTokenizer.from_pretrained(folder), prompt_count)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            ensemble = throughput(folder, prompts, new_tokens, work)
+            members = [throughput(folder / f"member-{i}", prompts, new_tokens, work) for i in range(MEMBERS)]
+        print_perplexity(method, evaluation)
+        print_throughput(method, ensemble, members)
+
+
+if __name__ == "__main__":
+    main()

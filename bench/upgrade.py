@@ -1,0 +1,77 @@
+"""How long a rolling upgrade of the local fleet takes, and where the time goes.
+
+Brings up the embedded default with 3 replicas behind HAProxy (site.yml on inventories/local, under a
+temporary prefix), then rolls a new runtime release and a new model version through it
+(playbooks/upgrade.yml) under constant client load through HAProxy (4 clients, streaming and not),
+and prints: the upgrade's wall time, each instance's cycle split into drain, stop, install, start to
+ready, smoke and enable (from the playbook's own `cycle:` lines), and the requests served and failed
+while it ran. The fleet is stopped at the end.
+
+    .venv/bin/python -m bench.upgrade
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from model_runtime.fleet.cycle import STEPS, parse_cycles
+from tests.support.fleet import LocalFleet
+from tests.support.models import ensure_demo_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-upgrade-") as root:
+        fleet = LocalFleet(Path(root), ensure_demo_model(), instances=args.replicas)
+        try:
+            up = fleet.run("site.yml")
+            if up.returncode != 0:
+                raise SystemExit(f"site.yml failed:\n{up.output[-3000:]}")
+            target = {
+                "model_runtime_version": fleet.new_runtime,
+                "model_artifacts_source": str(fleet.model_version("v2")),
+            }
+            with fleet.load(clients=args.clients) as traffic:
+                traffic.wait_for(20)
+                served_before = len(traffic.outcomes)
+                started = time.monotonic()
+                run = fleet.run("upgrade.yml", target)
+                seconds = time.monotonic() - started
+                during = traffic.outcomes[served_before:]
+            if run.returncode != 0:
+                raise SystemExit(f"upgrade.yml failed:\n{run.output[-3000:]}")
+            report(fleet, seconds, parse_cycles(run.output), during)
+        finally:
+            fleet.stop()
+
+
+def report(fleet: LocalFleet, seconds: float, cycles: dict[str, dict[str, float]], during: list) -> None:
+    labels = [*STEPS.values(), "total"]
+    print(f"rolling upgrade of {len(cycles)} replicas ({fleet.old_runtime} -> {fleet.new_runtime}, "
+          f"model {fleet.old_model} -> v2): {seconds:.1f} s for the whole playbook run\n")  # fmt: skip
+    print("| instance | " + " | ".join(labels) + " |")
+    print("|---" * (len(labels) + 1) + "|")
+    for server, steps in sorted(cycles.items()):
+        print(f"| {server} | " + " | ".join(f"{steps.get(label, 0):.1f} s" for label in labels) + " |")
+    medians = {label: statistics.median(c.get(label, 0) for c in cycles.values()) for label in labels}
+    print("| median | " + " | ".join(f"{medians[label]:.1f} s" for label in labels) + " |")
+    failed = [o for o in during if not o.ok]
+    streamed = sum(1 for o in during if o.stream)
+    print(
+        f"\nrequests during the upgrade: {len(during) - len(failed)} served, {len(failed)} failed "
+        f"({streamed} of {len(during)} streamed)"
+    )
+    for outcome in failed[:5]:
+        print(f"  failed: {outcome.error}")
+
+
+if __name__ == "__main__":
+    main()

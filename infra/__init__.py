@@ -1,0 +1,1 @@
+"""The Pulumi program of the cloud fleet (see README.md), importable as `infra` by its tests."""

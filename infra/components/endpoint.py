@@ -1,0 +1,187 @@
+"""Endpoint: the application load balancer in front of the fleet, and who may talk to whom.
+
+Clients reach the load balancer on 443 (and 80, which only redirects to 443), or on 80 alone when the
+stack says plain HTTP explicitly. The instances accept the runtime port from the load balancer's
+security group and from nothing else; nobody gets SSH (Session Manager replaces it). The target
+group checks /health/ready, so an instance that loads, drains or failed gets no traffic, and the
+auto scaling group replaces one that stays unhealthy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+HEALTH_PATH = "/health/ready"
+
+
+@dataclass
+class EndpointArgs:
+    vpc_id: pulumi.Input[str]
+    public_subnet_ids: list[pulumi.Input[str]]
+    runtime_port: int
+    certificate_arn: str | None
+    allow_http: bool
+    allowed_cidrs: tuple[str, ...]
+    ssl_policy: str
+    idle_timeout_s: int
+    deregistration_delay_s: int
+    domain_name: str | None = None
+    deletion_protection: bool = False
+
+
+class Endpoint(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+    dns_name: pulumi.Output[str]
+    target_group_arn: pulumi.Output[str]
+    instance_security_group_id: pulumi.Output[str]
+    request_count_label: pulumi.Output[str]
+
+    def __init__(self, name: str, args: EndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("model-runtime:fleet:Endpoint", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        https = args.certificate_arn is not None
+        listen_ports = (443, 80) if https else (80,)
+
+        lb_sg = aws.ec2.SecurityGroup(
+            f"{name}-lb",
+            vpc_id=args.vpc_id,
+            description="The load balancer: clients in, the runtime port out",
+            tags={"Name": f"{name}-lb"},
+            opts=child,
+        )
+        instance_sg = aws.ec2.SecurityGroup(
+            f"{name}-instances",
+            vpc_id=args.vpc_id,
+            description="GPU instances: the runtime port from the load balancer only",
+            tags={"Name": f"{name}-instances"},
+            opts=child,
+        )
+        # Rules as their own resources: the two groups refer to each other.
+        for port in listen_ports:
+            for index, cidr in enumerate(args.allowed_cidrs):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-lb-{port}-{index}",
+                    security_group_id=lb_sg.id,
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    description=f"clients on {port}",
+                    **({"cidr_ipv6": cidr} if ":" in cidr else {"cidr_ipv4": cidr}),
+                    opts=child,
+                )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-lb-to-instances",
+            security_group_id=lb_sg.id,
+            ip_protocol="tcp",
+            from_port=args.runtime_port,
+            to_port=args.runtime_port,
+            referenced_security_group_id=instance_sg.id,
+            description="to the runtime port",
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-instances-from-lb",
+            security_group_id=instance_sg.id,
+            ip_protocol="tcp",
+            from_port=args.runtime_port,
+            to_port=args.runtime_port,
+            referenced_security_group_id=lb_sg.id,
+            description="the runtime port, from the load balancer",
+            opts=child,
+        )
+        # Out: HTTPS (S3, SSM, package mirrors through NAT) and HTTP (Ubuntu's mirrors on EC2).
+        for port in (443, 80):
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-instances-out-{port}",
+                security_group_id=instance_sg.id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4="0.0.0.0/0",
+                description=f"out on {port}",
+                opts=child,
+            )
+
+        target_group = aws.lb.TargetGroup(
+            f"{name}-runtime",
+            vpc_id=args.vpc_id,
+            port=args.runtime_port,
+            protocol="HTTP",
+            target_type="instance",
+            # A generation costs the replica more than a request does: send to the least busy one.
+            load_balancing_algorithm_type="least_outstanding_requests",
+            # Long enough for the runtime's drain (its shutdown grace) once the group removes an instance.
+            deregistration_delay=args.deregistration_delay_s,
+            health_check={
+                "enabled": True,
+                "path": HEALTH_PATH,
+                "protocol": "HTTP",
+                "port": "traffic-port",
+                "matcher": "200",
+                "interval": 10,
+                "timeout": 5,
+                "healthy_threshold": 2,
+                "unhealthy_threshold": 3,
+            },
+            opts=child,
+        )
+        balancer = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=False,
+            subnets=args.public_subnet_ids,
+            security_groups=[lb_sg.id],
+            idle_timeout=args.idle_timeout_s,
+            drop_invalid_header_fields=True,
+            enable_deletion_protection=args.deletion_protection,
+            opts=child,
+        )
+        forward = [{"type": "forward", "target_group_arn": target_group.arn}]
+        if https:
+            aws.lb.Listener(
+                f"{name}-https",
+                load_balancer_arn=balancer.arn,
+                port=443,
+                protocol="HTTPS",
+                ssl_policy=args.ssl_policy,
+                certificate_arn=args.certificate_arn,
+                default_actions=forward,
+                opts=child,
+            )
+            aws.lb.Listener(
+                f"{name}-http-redirect",
+                load_balancer_arn=balancer.arn,
+                port=80,
+                protocol="HTTP",
+                default_actions=[
+                    {
+                        "type": "redirect",
+                        "redirect": {"protocol": "HTTPS", "port": "443", "status_code": "HTTP_301"},
+                    }
+                ],
+                opts=child,
+            )
+        else:
+            aws.lb.Listener(
+                f"{name}-http",
+                load_balancer_arn=balancer.arn,
+                port=80,
+                protocol="HTTP",
+                default_actions=forward,
+                opts=child,
+            )
+
+        scheme = "https" if https else "http"
+        host = pulumi.Output.from_input(args.domain_name) if args.domain_name else balancer.dns_name
+        self.url = host.apply(lambda h: f"{scheme}://{h}/v1")
+        self.dns_name = balancer.dns_name
+        self.target_group_arn = target_group.arn
+        self.instance_security_group_id = instance_sg.id
+        # The label of the ALBRequestCountPerTarget metric, for target tracking.
+        self.request_count_label = pulumi.Output.concat(balancer.arn_suffix, "/", target_group.arn_suffix)
+        self.register_outputs(
+            {"url": self.url, "dns_name": self.dns_name, "target_group_arn": self.target_group_arn}
+        )

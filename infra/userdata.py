@@ -1,0 +1,100 @@
+"""The launch template's user data: cloud-init that writes the boot script (model_runtime/cloud/boot.py)
+and its configuration, then runs it once on the instance's first boot.
+
+The output is deterministic (sorted JSON, gzip without a timestamp): the launch template gets a new
+version, and the group an instance refresh, only when something the instance runs really changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from infra.config import StackConfig
+
+TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.yaml.j2"
+BOOT_SCRIPT_PATH = "/usr/local/lib/model-runtime/boot.py"
+BOOT_CONFIG_PATH = "/etc/model-runtime/boot/boot.json"
+SYSTEM_PYTHON = "/usr/bin/python3"
+# EC2 refuses user data above 16 KB (before base64).
+USER_DATA_LIMIT = 16 * 1024
+
+
+def bundle_name(runtime_version: str) -> str:
+    """The runtime bundle's object name (infra/bundle.py writes it, the boot script fetches it)."""
+    return f"model-runtime-bundle-{runtime_version}.tar.gz"
+
+
+def boot_script() -> bytes:
+    return files("model_runtime.cloud").joinpath("boot.py").read_bytes()
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        merged[key] = (
+            _merge(current, value) if isinstance(value, Mapping) and isinstance(current, Mapping) else value
+        )
+    return merged
+
+
+def boot_config(settings: StackConfig, bucket: str, region: str) -> dict[str, Any]:
+    """What boot.py needs: where the bundle and the keys are, and the roles' variables. Role variables
+    not set here keep the playbook's cloud defaults (playbooks/cloud-instance.yml)."""
+    fleet = settings.fleet
+    role_vars: dict[str, Any] = {
+        "model_artifacts_registry": f"s3://{bucket}/{settings.store.registry_prefix}",
+        "model_artifacts_ref": settings.model,
+        "model_runtime_base_port": fleet.runtime_port,
+        # The role's default settings, with the stack's on top (checked by the runtime's model).
+        "model_runtime_settings": _merge(
+            {"scheduler": {}, "logging": {"json": True}}, fleet.runtime_settings
+        ),
+    }
+    if fleet.torch_requirement:
+        role_vars["model_runtime_torch_requirement"] = fleet.torch_requirement
+    return {
+        "region": region,
+        "bucket": bucket,
+        "bundle_key": f"{settings.store.bundle_prefix}/{bundle_name(settings.runtime_version)}",
+        "bundle_sha256": settings.runtime_bundle_sha256 or "",
+        "runtime_version": settings.runtime_version,
+        "api_keys": f"{settings.api_keys.service}:{settings.api_keys.name}",
+        "prefix": "",
+        "python": SYSTEM_PYTHON,
+        "vars": role_vars,
+    }
+
+
+def render_user_data(config: Mapping[str, Any], packages: Sequence[str], model: str) -> str:
+    script = base64.b64encode(gzip.compress(boot_script(), compresslevel=9, mtime=0)).decode()
+    # YAML, not HTML: values go in through tojson (JSON is YAML), never unescaped.
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        autoescape=False,  # noqa: S701
+    )
+    text = environment.from_string(TEMPLATE.read_text()).render(
+        api_keys_ref=config["api_keys"],
+        runtime_version=config["runtime_version"],
+        model=model,
+        packages=list(packages),
+        boot_config_path=BOOT_CONFIG_PATH,
+        boot_config_json=json.dumps(config, indent=2, sort_keys=True),
+        boot_script_path=BOOT_SCRIPT_PATH,
+        boot_script=script,
+        python=config["python"],
+    )
+    size = len(text.encode())
+    if size > USER_DATA_LIMIT:
+        raise ValueError(f"user data is {size} bytes, above EC2's limit of {USER_DATA_LIMIT}")
+    return text

@@ -1,0 +1,142 @@
+"""`model-runtime ensemble evaluate|build`: choose an ensemble by evaluation, or write one by hand; either
+can push the result to the registry, where it is served by name like any model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from model_runtime.config import RegistrySettings
+from model_runtime.registry.cli import REGISTRY_ENV
+from model_runtime.registry.registry import Registry, RegistryError
+
+
+def _registry_settings(args: argparse.Namespace) -> RegistrySettings:
+    return RegistrySettings(url=args.registry or os.environ.get(REGISTRY_ENV), cache_dir=args.cache_dir)
+
+
+def _push(args: argparse.Namespace, registry: RegistrySettings) -> None:
+    if not args.push:
+        return
+    if not registry.url:
+        raise RegistryError(f"--push needs a registry: give --registry or set {REGISTRY_ENV}")
+    from model_runtime.ensemble.artifact import push_ensemble
+
+    manifest = push_ensemble(Registry.open(registry.url), args.push, args.out, args.alias)
+    print(f"pushed {args.push}:{manifest['version']}" + (f" -> @{args.alias}" if args.alias else ""))
+
+
+def _print_table(report: dict) -> None:
+    print(f"{report['metric']} on the test half ({report['better']} is better):")
+    rows = [(c["name"], c["test"]) for c in report["candidates"]]
+    rows += [(c["name"], c["test"]) for c in report["combinations"]]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value:.4f}")
+    best, member = report["best"], report["best_member"]
+    verdict = "beats" if report["beats_best_member"] else "does NOT beat"
+    print(f"best: {best['name']} {best['test']:.4f}; {verdict} the best member, ", end="")
+    print(f"{member['name']} {member['test']:.4f}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model_runtime.convert.cli import evaluation_texts
+    from model_runtime.demo.corpus import load_corpus
+    from model_runtime.ensemble.artifact import REPORT_FILE, resolve_candidates, write_ensemble
+    from model_runtime.ensemble.evaluate import evaluate_generation, evaluate_labels, load_candidates
+
+    registry = _registry_settings(args)
+    candidates = resolve_candidates(args.candidates, registry)
+    engines = load_candidates(candidates, args.device)
+    texts = evaluation_texts(args.eval_text)
+    measure = evaluate_generation if args.task == "generation" else evaluate_labels
+    evaluation = measure(candidates, engines, texts)
+    evaluation.data["source"] = str(args.eval_text) if args.eval_text else f"{load_corpus().source}, held out"
+    report = evaluation.report()
+    _print_table(report)
+    best = evaluation.best()
+    selection = {
+        "task": args.task,
+        "metric": report["metric"],
+        "test": best.test,
+        "best_member": report["best_member"],
+        "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_ensemble(
+        args.out,
+        [evaluation.candidates[m] for m in best.members],
+        engines[0].tokenizer,
+        best.method,
+        best.weights,
+        best.combine,
+        best.stacker,
+        record={"selection": selection, "report": REPORT_FILE},
+        report=report,
+    )
+    print(f"wrote {args.out} ({best.method}, report in {REPORT_FILE})")
+    _push(args, registry)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from model_runtime.engine.loading import detect_format, load_tokenizer
+    from model_runtime.ensemble.artifact import resolve_candidates, write_ensemble
+    from model_runtime.ensemble.tokenizers import require_shared_tokenizer
+
+    registry = _registry_settings(args)
+    candidates = resolve_candidates(args.candidates, registry)
+    tokenizers = [(c.name, load_tokenizer(detect_format(c.folder))) for c in candidates]
+    require_shared_tokenizer(tokenizers[0][1], tokenizers[1:], f"member {tokenizers[0][0]}'s")
+    weights = args.weights or [1.0] * len(candidates)
+    spec = write_ensemble(
+        args.out, candidates, tokenizers[0][1], args.method, weights, args.combine,
+        record={"built_by": "model-runtime ensemble build"},
+    )  # fmt: skip
+    print(json.dumps(spec.model_dump(mode="json"), indent=2))
+    _push(args, registry)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("candidates", nargs="+", help="model folders or registry:NAME[@ALIAS|:VERSION]")
+    parser.add_argument("--out", type=Path, required=True, help="the ensemble folder to write")
+    parser.add_argument("--registry", help=f"for registry: members and --push (default ${REGISTRY_ENV})")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=RegistrySettings().cache_dir,
+        help="where registry members are pulled",
+    )
+    parser.add_argument("--push", metavar="NAME", help="push the ensemble as a new version of NAME")
+    parser.add_argument("--alias", help="and promote that version to this alias")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    ensemble = commands.add_parser(
+        "ensemble", help="several models served as one: evaluate and choose, or build"
+    )
+    verbs = ensemble.add_subparsers(dest="verb", required=True)
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="measure candidates and their combinations on held-out data; write the best"
+    )
+    _common(evaluate)
+    evaluate.add_argument(
+        "--task",
+        choices=("generation", "labels"),
+        default="generation",
+        help="generation: perplexity (average, stack); labels: exact-answer accuracy (vote)",
+    )
+    evaluate.add_argument("--eval-text", type=Path, help="held-out text (default: the demo corpus)")
+    evaluate.add_argument("--device", default="auto", help="where the candidates run (auto, cpu, cuda)")
+    evaluate.set_defaults(run=_evaluate)
+
+    build = verbs.add_parser("build", help="write an ensemble of given members and weights, unevaluated")
+    _common(build)
+    build.add_argument("--method", choices=("average", "vote"), required=True)
+    build.add_argument("--combine", choices=("probabilities", "logprobs"), default="probabilities")
+    build.add_argument("--weights", type=float, nargs="+", help="one per member (default: equal)")
+    build.set_defaults(run=_build)

@@ -1,0 +1,1 @@
+"""The fleet as operators see it: release records and the status table (playbooks and Fabric)."""

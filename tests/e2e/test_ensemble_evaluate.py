@@ -1,0 +1,190 @@
+"""`model-runtime ensemble evaluate` on members from a registry: the report's numbers are measured again
+here, independently (plain full forward passes, the combinations written out by hand; the labels
+through the served vote ensemble), and the chosen ensemble is pushed with pinned members and served by
+name from the registry."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from model_runtime.demo.corpus import load_corpus
+from model_runtime.ensemble.combine import Stacker
+from model_runtime.registry.registry import Registry
+from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders
+from tests.support.server import RuntimeProcess
+
+pytestmark = pytest.mark.e2e
+
+TEXTS = 24  # held-out paragraphs: 12 to fit on, 12 to measure
+CONTEXT = 512
+
+
+@pytest.fixture(scope="module")
+def members() -> Path:
+    return ensure_ensemble_members()
+
+
+@pytest.fixture(scope="module")
+def work(members: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry holding the members (each promoted to stable), and a short evaluation text."""
+    work = tmp_path_factory.mktemp("ensemble-evaluate")
+    registry = Registry.open(str(work / "registry"))
+    for folder in member_folders(members):
+        registry.promote(folder.name, registry.push(folder.name, folder)["version"], "stable")
+    (work / "eval.txt").write_text("\n\n".join(load_corpus().held_out[:TEXTS]))
+    return work
+
+
+def evaluate(work: Path, task: str, name: str) -> dict:
+    subprocess.run(
+        [sys.executable, "-m", "model_runtime", "ensemble", "evaluate",
+         *(f"registry:member-{i}@stable" for i in range(3)), "--task", task,
+         "--eval-text", str(work / "eval.txt"), "--registry", str(work / "registry"),
+         "--cache-dir", str(work / "cache"), "--out", str(work / name), "--push", name, "--alias", "stable"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return json.loads((work / name / "evaluation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def generation(work: Path) -> dict:
+    return evaluate(work, "generation", "ens-gen")
+
+
+@pytest.fixture(scope="module")
+def labels(work: Path) -> dict:
+    return evaluate(work, "labels", "ens-vote")
+
+
+def test_the_chosen_ensemble_is_pushed_with_pinned_members(
+    work: Path, generation: dict, labels: dict
+) -> None:
+    registry = Registry.open(str(work / "registry"))
+    for name, report in (("ens-gen", generation), ("ens-vote", labels)):
+        _, version = registry.resolve(f"{name}@stable")
+        manifest = registry.manifest(name, version)
+        spec = json.loads((work / name / "ensemble.json").read_text())
+        assert manifest["format"] == "ensemble"
+        assert spec["method"] == report["best"]["method"]
+        assert [m["name"] for m in spec["members"]] == report["best"]["members"]
+        for member in spec["members"]:
+            _, member_version = registry.resolve(f"{member['name']}@stable")
+            assert member["source"] == f"registry:{member['name']}:{member_version}"  # pinned, not @stable
+            # The member version is held by an alias of the ensemble's, so gc keeps it.
+            assert registry.aliases(member["name"])[f"ensemble.{name}"]["version"] == member_version
+    assert labels["best"]["method"] == "vote"
+
+
+def gated(stacker: Stacker, logprobs: list[torch.Tensor]) -> torch.Tensor:
+    """The stack's mixture written out: weights from each member's top log-probability and entropy."""
+    features = torch.stack([f for lp in logprobs for f in (lp.max(-1).values, -(lp.exp() * lp).sum(-1))], -1)
+    weights = torch.softmax(((features - stacker.mean) / stacker.scale) @ stacker.weight.T + stacker.bias, -1)
+    return torch.log(sum(weights[:, m : m + 1] * lp.exp() for m, lp in enumerate(logprobs)))
+
+
+def test_the_perplexities_measured_again_by_hand(members: Path, work: Path, generation: dict) -> None:
+    names = [f.name for f in member_folders(members)]
+    models = dict(zip(names, load_models(member_folders(members)), strict=True))
+    tokenizer = AutoTokenizer.from_pretrained(work / "ens-gen")
+    texts = load_corpus().held_out[:TEXTS]
+    test = [tokenizer(t + tokenizer.eos_token)["input_ids"][:CONTEXT] for t in texts[1::2]]
+    targets = [torch.tensor(s[1:]).unsqueeze(1) for s in test]
+    with torch.inference_mode():  # per member, per text: log-probabilities [positions, vocab]
+        logprobs = {
+            n: [torch.log_softmax(models[n](input_ids=torch.tensor([s])).logits[0, :-1], -1) for s in test]
+            for n in names
+        }
+    positions = sum(len(t) for t in targets)
+    assert generation["data"]["test"]["tokens"] == positions
+
+    def perplexity(chosen: list[str], combine: Callable[[list[torch.Tensor]], torch.Tensor]) -> float:
+        nll = sum(
+            -combine([logprobs[n][k] for n in chosen]).gather(1, target).sum().item()
+            for k, target in enumerate(targets)
+        )
+        return math.exp(nll / positions)
+
+    hand = {
+        "average-probabilities": lambda lps: torch.log(sum(lp.exp() for lp in lps) / len(lps)),
+        "average-logprobs": lambda lps: torch.log_softmax(sum(lps) / len(lps), -1),
+    }
+    for candidate in generation["candidates"]:
+        assert perplexity([candidate["name"]], lambda lps: lps[0]) == pytest.approx(
+            candidate["test"], rel=1e-3
+        )
+    measured = 0
+    for combination in generation["combinations"]:
+        label = combination["name"].split("(")[0]
+        if label in hand:  # a stack's stacker is kept only for the chosen one: measured below
+            value = perplexity(combination["members"], hand[label])
+            assert value == pytest.approx(combination["test"], rel=1e-3), combination["name"]
+            measured += 1
+    assert measured == 8  # 4 subsets of 3 members, 2 averages each
+    best = generation["best"]
+    assert best["test"] == min(c["test"] for c in generation["combinations"])
+    if best["method"] == "stack":
+        stacker = Stacker.load(work / "ens-gen" / "stacker.safetensors", len(best["members"]))
+        assert perplexity(best["members"], lambda lps: gated(stacker, lps)) == pytest.approx(
+            best["test"], rel=1e-3
+        )
+    best_member = min(c["test"] for c in generation["candidates"])
+    assert generation["beats_best_member"] == (best["test"] < best_member)
+
+
+@pytest.fixture(scope="module")
+def vote_server(work: Path, labels: dict) -> Iterator[RuntimeProcess]:
+    settings = {"registry": {"url": str(work / "registry"), "cache_dir": str(work / "serve-cache")}}
+    server = RuntimeProcess(Path("registry:ens-vote@stable"), work, settings, name="ens-vote").start()
+    yield server
+    server.stop()
+
+
+def test_the_label_accuracy_measured_again_through_the_served_vote(
+    work: Path, labels: dict, vote_server: RuntimeProcess
+) -> None:
+    client = vote_server.client()
+    # Served from the registry: the ensemble pulled by the server, its pinned members by the engine.
+    registry = Registry.open(str(work / "registry"))
+    spec = json.loads((work / "ens-vote" / "ensemble.json").read_text())
+    pulled = [
+        registry.resolve("ens-vote@stable"),
+        *(registry.resolve(m["source"].removeprefix("registry:")) for m in spec["members"]),
+    ]
+    assert all((work / "serve-cache" / name / version).is_dir() for name, version in pulled)
+    tokenizer = AutoTokenizer.from_pretrained(work / "ens-vote")
+    weights = dict(zip([m["name"] for m in spec["members"]], spec["weights"], strict=True))
+    right = 0
+    for item in labels["items"]:
+        length = len(tokenizer(item["prompt"] + item["answer"])["input_ids"]) - len(
+            tokenizer(item["prompt"])["input_ids"]
+        )
+        result = client.completions.create(
+            model="ens-vote", prompt=item["prompt"], max_tokens=length, temperature=0.0,
+            extra_body={"ensemble_members": True},
+        )  # fmt: skip
+        members = result.model_extra["ensemble"]["choices"][0]["members"]
+        # Each member answered as it did in the evaluation.
+        assert {m["name"]: m["text"] for m in members} == {n: item["answers"][n] for n in weights}
+        votes: dict[str, float] = {}
+        for m in members:
+            key = " ".join(m["text"].split())
+            votes[key] = votes.get(key, 0.0) + weights[m["name"]]
+        best = max(votes.values())
+        expected = next(
+            " ".join(m["text"].split()) for m in members if votes[" ".join(m["text"].split())] == best
+        )
+        answer = " ".join(result.choices[0].text.split())
+        assert answer == expected
+        right += answer == " ".join(item["answer"].split())
+    assert right / len(labels["items"]) == pytest.approx(labels["best"]["test"])
+    assert labels["data"]["test"]["items"] == len(labels["items"])

@@ -1,0 +1,158 @@
+"""The embedded default fleet (inventories/local) under a prefix of its own, on free ports, with a
+second runtime release and model versions to roll to: shared by the local fleet tests and
+bench/upgrade.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.ansible import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
+from tests.support.load import BackgroundLoad
+from tests.support.models import REPO
+from tests.support.server import free_port
+
+LOCAL = REPO / "inventories" / "local"
+KEY = "local-fleet-test-key"
+
+
+def consecutive_free_ports(count: int) -> int:
+    while True:
+        base = free_port()
+        if base + count < 65535 and all(_is_free(base + i) for i in range(1, count)):
+            return base
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def running_under(prefix: Path) -> list[str]:
+    listing = subprocess.run(
+        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in listing.splitlines() if str(prefix) in line and " Z" not in line]
+
+
+def model_copy(source: Path, target: Path, version: str, break_weights: bool = False) -> Path:
+    """The demo model as another version (optionally with weights that cannot load, yet a consistent
+    manifest: the kind of release that installs fine and never becomes ready)."""
+    shutil.copytree(source, target)
+    (target / "manifest.json").unlink()
+    if break_weights:
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    subprocess.run(
+        [sys.executable, "-m", "model_runtime", "manifest", str(target), "--name", "demo",
+         "--version", version],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+@dataclass
+class LocalFleet:
+    """A fleet of `instances` replicas behind HAProxy on this machine, everything under root."""
+
+    root: Path
+    demo_model: Path
+    instances: int = 3
+    runtime_settings: dict | None = None  # model_runtime_settings (the runtime's own settings)
+
+    def __post_init__(self) -> None:
+        wheelhouse = ensure_wheelhouse()
+        self.prefix = self.root / "fs"
+        newer, self.new_runtime = release_wheelhouse(self.root / "wheelhouse-next", "next")
+        self.settings = {
+            "fleet_prefix": str(self.prefix),
+            "model_runtime_instances": self.instances,
+            "model_runtime_base_port": consecutive_free_ports(self.instances),
+            "loadbalancer_port": free_port(),
+            "loadbalancer_stats_port": free_port(),
+            "model_runtime_api_keys": [KEY],
+            "model_runtime_ready_timeout_s": 180,
+            "model_runtime_pip_args": f"--no-index --find-links {wheelhouse} --find-links {newer}",
+        }
+        if self.runtime_settings:
+            self.settings["model_runtime_settings"] = self.runtime_settings
+        self.old_runtime = (wheelhouse / "RUNTIME_VERSION").read_text().strip()
+        self.old_model = json.loads((self.demo_model / "manifest.json").read_text())["version"]
+
+    def model_version(self, version: str, break_weights: bool = False) -> Path:
+        return model_copy(self.demo_model, self.root / f"demo-{version}", version, break_weights)
+
+    def run(
+        self, name: str, extra: dict | None = None, *args: str, env: dict[str, str] | None = None
+    ) -> PlaybookRun:
+        return playbook(name, LOCAL, {**self.settings, **(extra or {})}, *args, env=env)
+
+    @property
+    def url(self) -> str:
+        """HAProxy terminates TLS with the certificate of the fleet's own CA (loadbalancer role)."""
+        return f"https://127.0.0.1:{self.settings['loadbalancer_port']}"
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts the fleet's CA and nothing else."""
+        return ssl.create_default_context(cafile=self.prefix / "etc/haproxy/tls/ca.pem")
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.tls())
+
+    def load(self, clients: int = 4) -> BackgroundLoad:
+        return BackgroundLoad(self.url, KEY, "demo", clients=clients, max_requests=100_000, verify=self.tls())
+
+    def replica_pids(self) -> dict[str, int]:
+        """Each instance's server process (supervisord's program), by instance name."""
+        pids = {}
+        for i in range(1, self.instances + 1):
+            pid = self.supervisorctl("pid", f"model-runtime-{i}")
+            if pid.isdigit() and pid != "0":
+                pids[f"localhost-{i}"] = int(pid)
+        return pids
+
+    def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, BackgroundLoad]:
+        """A playbook run with constant client load through HAProxy before, during and after it."""
+        with self.load() as traffic:
+            traffic.wait_for(20)
+            run = self.run(name, extra)
+            traffic.wait_for(len(traffic.outcomes) + 20)
+        return run, traffic
+
+    def record(self) -> dict:
+        return json.loads((self.prefix / "etc/ansible/facts.d/model_runtime.fact").read_text())
+
+    def releases(self) -> dict[str, tuple[str, str, str]]:
+        return {
+            i: (e["runtime_version"], e["model_version"], e["state"])
+            for i, e in self.record()["instances"].items()
+        }
+
+    def server_states(self) -> dict[str, str]:
+        """HAProxy's view: server name -> UP / DRAIN / MAINT / DOWN."""
+        csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
+        return {
+            row[1]: row[17]
+            for row in (line.split(",") for line in csv.splitlines())
+            if row[0] == "model_runtime" and row[1].startswith("localhost-")
+        }
+
+    def supervisorctl(self, *args: str) -> str:
+        command = [str(self.prefix / "opt/model-runtime/supervisor/bin/supervisorctl"), "-c",
+                   str(self.prefix / "etc/model-runtime/supervisor/supervisord.conf"), *args]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    def stop(self) -> PlaybookRun:
+        return self.run("stop.yml")

@@ -1,0 +1,345 @@
+"""The Pulumi program's resource graph for both example stacks, under pulumi.runtime.set_mocks (no CLI,
+no AWS): what each component builds, how they are wired, what a configuration change rolls out."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections import Counter
+from functools import cache
+
+import pytest
+import yaml
+
+from infra.policy.rules import check_stack
+from infra.testing import LOOKED_UP_AMI, ProgramRun, run_program
+from infra.userdata import BOOT_CONFIG_PATH, BOOT_SCRIPT_PATH, USER_DATA_LIMIT
+from tests.support.models import REPO
+
+# pulumi_aws warns, as it loads, about resource types this program does not use.
+pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]
+
+COMPONENTS = {
+    "model-runtime:fleet:Network",
+    "model-runtime:fleet:ModelStore",
+    "model-runtime:fleet:Endpoint",
+    "model-runtime:fleet:GpuFleet",
+}
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+GROUP = "aws:autoscaling/group:Group"
+
+
+@cache
+def program(stack: str) -> ProgramRun:
+    return run_program(stack)
+
+
+def user_data(run: ProgramRun) -> str:
+    return base64.b64decode(run.one(LT).inputs["userData"]).decode()
+
+
+def written(run: ProgramRun) -> dict[str, bytes]:
+    files = {}
+    for entry in yaml.safe_load(user_data(run))["write_files"]:
+        content = entry["content"].encode()
+        files[entry["path"]] = (
+            gzip.decompress(base64.b64decode(content)) if entry.get("encoding") == "gz+b64" else content
+        )
+    return files
+
+
+def boot_config(run: ProgramRun) -> dict:
+    return json.loads(written(run)[BOOT_CONFIG_PATH])
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_resource_belongs_to_a_component(stack: str) -> None:
+    run = program(stack)
+    types = Counter(r.type for r in run.resources)
+    assert {t for t in types if t.startswith("model-runtime:")} == COMPONENTS
+    assert all(types[c] == 1 for c in COMPONENTS)
+    for resource in run.resources:
+        if resource.type in COMPONENTS:
+            assert resource.parent_type == "pulumi:pulumi:Stack"
+        else:
+            assert resource.parent_type in COMPONENTS, (
+                f"{resource.type} {resource.name} has no component parent"
+            )
+
+
+@pytest.mark.parametrize(("stack", "zones", "nats", "listeners"), [("dev", 2, 1, 1), ("prod", 3, 3, 2)])
+def test_the_example_stacks_graph(stack: str, zones: int, nats: int, listeners: int) -> None:
+    run = program(stack)
+    subnets = run.of_type("aws:ec2/subnet:Subnet")
+    private = [s for s in subnets if s.inputs["tags"]["tier"] == "private"]
+    public = [s for s in subnets if s.inputs["tags"]["tier"] == "public"]
+    assert len(private) == len(public) == zones
+    assert len({s.inputs["availabilityZone"] for s in private}) == zones
+    assert not any(s.inputs["mapPublicIpOnLaunch"] for s in subnets)
+    assert len(run.of_type("aws:ec2/natGateway:NatGateway")) == nats
+    assert len(run.of_type("aws:lb/listener:Listener")) == listeners
+    group = run.one(GROUP).inputs
+    # The group is in the private subnets, behind the load balancer's target group, health from it.
+    assert group["vpcZoneIdentifiers"] == [s.id for s in private]
+    assert group["targetGroupArns"] == [run.one("aws:lb/targetGroup:TargetGroup").state["arn"]]
+    assert group["healthCheckType"] == "ELB"
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    assert balancer["subnets"] == [s.id for s in public]
+    assert set(run.outputs) >= {
+        "endpointUrl",
+        "bucketName",
+        "registryUrl",
+        "autoscalingGroupName",
+        "instanceRoleName",
+        "instanceRoleArn",
+    }
+    assert run.outputs["autoscalingGroupName"] == run.one(GROUP).state["name"]
+    assert run.outputs["registryUrl"] == f"s3://{run.outputs['bucketName']}/registry"
+
+
+def test_dev_is_one_small_spot_instance_over_http() -> None:
+    run = program("dev")
+    group = run.one(GROUP).inputs
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (1, 1, 2)
+    distribution = group["mixedInstancesPolicy"]["instancesDistribution"]
+    assert distribution["onDemandBaseCapacity"] == 0
+    assert distribution["onDemandPercentageAboveBaseCapacity"] == 0
+    assert group["capacityRebalance"] is True
+    (listener,) = run.of_type("aws:lb/listener:Listener")
+    assert (listener.inputs["protocol"], listener.inputs["port"]) == ("HTTP", 80)
+    assert run.outputs["endpointUrl"].startswith("http://")
+    # No amiId in dev: the newest AMI matching the name (the mocks' answer).
+    assert run.one(LT).inputs["imageId"] == LOOKED_UP_AMI
+
+
+def test_prod_is_an_on_demand_base_with_spot_above_over_https() -> None:
+    run = program("prod")
+    group = run.one(GROUP).inputs
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (1, 3, 6)
+    distribution = group["mixedInstancesPolicy"]["instancesDistribution"]
+    assert distribution["onDemandBaseCapacity"] == 2
+    assert distribution["onDemandPercentageAboveBaseCapacity"] == 25
+    assert distribution["spotAllocationStrategy"] == "capacity-optimized"
+    overrides = group["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
+    assert [o["instanceType"] for o in overrides] == ["g6e.xlarge", "g6.2xlarge", "g5.2xlarge"]
+    listeners = {r.inputs["port"]: r.inputs for r in run.of_type("aws:lb/listener:Listener")}
+    assert listeners[443]["protocol"] == "HTTPS"
+    assert listeners[443]["certificateArn"].startswith("arn:aws:acm:")
+    assert listeners[80]["defaultActions"][0]["type"] == "redirect"
+    assert run.outputs["endpointUrl"].startswith("https://")
+    assert run.one(LT).inputs["imageId"] == "ami-0a1b2c3d4e5f67890"  # pinned
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_launch_template(stack: str) -> None:
+    run = program(stack)
+    template = run.one(LT).inputs
+    assert template["metadataOptions"]["httpTokens"] == "required"
+    assert template["metadataOptions"]["httpPutResponseHopLimit"] in (1, 2)
+    (volume,) = template["blockDeviceMappings"]
+    assert volume["deviceName"] == "/dev/sda1"  # the AMI's root device
+    assert volume["ebs"]["encrypted"] == "true"
+    assert volume["ebs"]["volumeType"] == "gp3"
+    model_gib = {"dev": 1, "prod": 20}[stack]
+    assert volume["ebs"]["volumeSize"] == {"dev": 100, "prod": 150}[stack] + 2 * model_gib
+    (interface,) = template["networkInterfaces"]
+    assert interface["associatePublicIpAddress"] == "false"
+    assert "keyName" not in template  # no SSH key by default
+    # The group runs this template's exact version (a refresh rolls to it, a rollback back from it).
+    spec = run.one(GROUP).inputs["mixedInstancesPolicy"]["launchTemplate"]["launchTemplateSpecification"]
+    assert spec == {"launchTemplateId": run.one(LT).id, "version": str(run.one(LT).state["latestVersion"])}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_instance_refresh_rolls_back_on_failed_health(stack: str) -> None:
+    refresh = program(stack).one(GROUP).inputs["instanceRefresh"]
+    assert refresh["strategy"] == "Rolling"
+    preferences = refresh["preferences"]
+    assert preferences["autoRollback"] is True
+    assert preferences["skipMatching"] is True
+    expected = {"dev": (100, 150, [100]), "prod": (90, 150, [34, 100])}[stack]
+    assert (
+        preferences["minHealthyPercentage"],
+        preferences["maxHealthyPercentage"],
+        preferences["checkpointPercentages"],
+    ) == expected
+
+
+def test_a_runtime_or_model_change_is_a_new_launch_template_version() -> None:
+    base = program("dev")
+    again = run_program("dev")
+    # Deterministic: the same configuration renders the same user data (no spurious refresh).
+    assert user_data(again) == user_data(base)
+    for change in ({"runtimeVersion": "0.2.0"}, {"model": "demo:20261201-090000.000000-ffffff"}):
+        changed = run_program("dev", change)
+        assert user_data(changed) != user_data(base), change
+        config = boot_config(changed)
+        assert config["runtime_version"] == changed.outputs["runtimeVersion"]
+        assert config["vars"]["model_artifacts_ref"] == changed.outputs["model"]
+        # Only the launch template's content moves: the group refers to its latest version and
+        # has refresh preferences, so the provider starts an instance refresh.
+        assert changed.one(GROUP).inputs == base.one(GROUP).inputs
+    assert boot_config(run_program("dev", {"runtimeVersion": "0.2.0"}))["bundle_key"] == (
+        "bundles/model-runtime-bundle-0.2.0.tar.gz"
+    )
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_user_data_boots_with_the_roles_and_holds_no_secret(stack: str) -> None:
+    run = program(stack)
+    text = user_data(run)
+    assert len(text.encode()) <= USER_DATA_LIMIT
+    assert text.startswith("#cloud-config\n")
+    document = yaml.safe_load(text)
+    assert document["packages"] == ["python3-boto3", "python3-venv"]
+    assert document["runcmd"] == [["/usr/bin/python3", BOOT_SCRIPT_PATH, BOOT_CONFIG_PATH]]
+    files = written(run)
+    assert files[BOOT_SCRIPT_PATH] == (REPO / "model_runtime/cloud/boot.py").read_bytes()
+    config = json.loads(files[BOOT_CONFIG_PATH])
+    assert config["api_keys"] == f"ssm:/model-runtime/{stack}/api-keys"
+    assert config["bucket"] == run.outputs["bucketName"]
+    assert config["vars"]["model_artifacts_registry"] == run.outputs["registryUrl"]
+    assert config["vars"]["model_runtime_base_port"] == 8101
+    assert "model_runtime_api_keys" not in config["vars"]
+    assert {e["path"]: e["permissions"] for e in document["write_files"]}[BOOT_CONFIG_PATH] == "0600"
+
+
+def test_schedules_come_from_the_schedule_file() -> None:
+    for stack, inventory in (("dev", "local"), ("prod", "example")):
+        entries = yaml.safe_load((REPO / f"inventories/{inventory}/group_vars/all/schedules.yml").read_text())
+        scale = [e for e in entries["fleet_schedules"] if e["kind"] == "scale"]
+        actions = {
+            a.inputs["scheduledActionName"]: a.inputs
+            for a in program(stack).of_type("aws:autoscaling/schedule:Schedule")
+        }
+        assert set(actions) == {e["name"] for e in scale}
+        for entry in scale:
+            action = actions[entry["name"]]
+            assert action["recurrence"] == entry["cron"]
+            assert action["desiredCapacity"] == entry["replicas"]
+            assert (action["minSize"], action["maxSize"]) == (-1, -1)  # bounds unchanged
+            assert action["timeZone"] == "Etc/UTC"
+            assert action["autoscalingGroupName"] == program(stack).one(GROUP).state["name"]
+        assert any("not scheduled: sunday-upgrade" in line for line in program(stack).log)
+    assert run_program("dev", {"fleet.schedules": "none"}).of_type("aws:autoscaling/schedule:Schedule") == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_target_tracking_on_requests_per_instance(stack: str) -> None:
+    run = program(stack)
+    policy = run.one("aws:autoscaling/policy:Policy").inputs
+    assert policy["policyType"] == "TargetTrackingScaling"
+    metric = policy["targetTrackingConfiguration"]["predefinedMetricSpecification"]
+    assert metric["predefinedMetricType"] == "ALBRequestCountPerTarget"
+    balancer = run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
+    target_group = run.one("aws:lb/targetGroup:TargetGroup").state["arnSuffix"]
+    assert metric["resourceLabel"] == f"{balancer}/{target_group}"
+    assert policy["targetTrackingConfiguration"]["targetValue"] == {"dev": 60, "prod": 120}[stack]
+
+
+def test_instances_accept_the_runtime_port_from_the_load_balancer_only() -> None:
+    run = program("prod")
+    groups = {r.name: r for r in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    instance_sg, lb_sg = groups["endpoint-instances"].id, groups["endpoint-lb"].id
+    ingress = [r.inputs for r in run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
+    to_instances = [r for r in ingress if r["securityGroupId"] == instance_sg]
+    assert to_instances == [
+        {**to_instances[0], "referencedSecurityGroupId": lb_sg, "fromPort": 8101, "toPort": 8101}
+    ]
+    assert "cidrIpv4" not in to_instances[0]
+    to_lb = sorted((r["fromPort"], r.get("cidrIpv4")) for r in ingress if r["securityGroupId"] == lb_sg)
+    assert to_lb == [(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]
+    target_group = run.one("aws:lb/targetGroup:TargetGroup").inputs
+    assert target_group["healthCheck"]["path"] == "/health/ready"
+    assert target_group["port"] == 8101
+
+
+def test_the_bucket_is_versioned_encrypted_private_and_tls_only() -> None:
+    run = program("prod")
+    bucket = run.one("aws:s3/bucket:Bucket")
+    assert bucket.inputs["bucket"] == "example-model-runtime-artifacts"
+    assert (
+        run.one("aws:s3/bucketVersioning:BucketVersioning").inputs["versioningConfiguration"]["status"]
+        == "Enabled"
+    )
+    sse = run.one(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    ).inputs
+    assert sse["bucket"] == bucket.id
+    assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
+    lifecycle = run.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs["rules"]
+    assert lifecycle[0]["noncurrentVersionExpiration"]["noncurrentDays"] == 30
+    policy = json.loads(run.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    (deny,) = policy["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [bucket.state["arn"], f"{bucket.state['arn']}/*"]
+
+
+def test_the_instance_role_reads_the_bucket_and_its_keys_and_nothing_more() -> None:
+    run = program("prod")
+    policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    bucket = run.one("aws:s3/bucket:Bucket").state["arn"]
+    assert statements["ReadModelsAndBundles"]["Action"] == "s3:GetObject"
+    assert statements["ReadModelsAndBundles"]["Resource"] == [f"{bucket}/registry/*", f"{bucket}/bundles/*"]
+    assert statements["ReadApiKeys"] == {
+        "Sid": "ReadApiKeys",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameter",
+        "Resource": "arn:aws:ssm:us-east-1:123456789012:parameter/model-runtime/prod/api-keys",
+    }
+    actions = [
+        a
+        for s in policy["Statement"]
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    ]
+    assert not any(a.endswith("*") for a in actions)
+    assert not any(a.startswith(("s3:Put", "s3:Delete", "iam:", "ec2:")) for a in actions)
+    assert run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == []  # no managed policies
+    assert (
+        run.one("aws:iam/instanceProfile:InstanceProfile").inputs["role"]
+        == run.one("aws:iam/role:Role").state["name"]
+    )
+
+
+def test_a_customer_managed_key_of_the_api_keys_may_decrypt_them() -> None:
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    run = run_program("dev", {"apiKeysKmsKeyArn": key})
+    policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    decrypt = [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"]
+    assert decrypt == [
+        {"Sid": "DecryptWithStackKeys", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": [key]}
+    ]
+    assert not any(
+        s["Action"] == "kms:Decrypt"
+        for s in json.loads(program("dev").one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])["Statement"]
+    )
+
+
+def test_without_nat_the_instances_reach_s3_and_ssm_through_endpoints() -> None:
+    run = run_program("dev", {"network.nat": "none", "apiKeys": "secretsmanager:model-runtime/dev/api-keys"})
+    assert run.of_type("aws:ec2/natGateway:NatGateway") == []
+    endpoints = {
+        e.inputs["serviceName"].rsplit(".", 1)[-1]: e.inputs
+        for e in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+    }
+    assert set(endpoints) == {"s3", "ssm", "ssmmessages", "ec2messages", "secretsmanager"}
+    assert endpoints["s3"]["vpcEndpointType"] == "Gateway"
+    assert all(e["privateDnsEnabled"] for name, e in endpoints.items() if name != "s3")
+    private_tables = [t for t in run.of_type("aws:ec2/routeTable:RouteTable") if "private" in t.name]
+    assert all(t.inputs.get("routes", []) == [] for t in private_tables)
+    policy = json.loads(run.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    keys = next(s for s in policy["Statement"] if s["Sid"] == "ReadApiKeys")
+    assert keys["Action"] == "secretsmanager:GetSecretValue"
+    assert (
+        keys["Resource"]
+        == "arn:aws:secretsmanager:us-east-1:123456789012:secret:model-runtime/dev/api-keys-??????"
+    )
+    assert check_stack(run.policy_resources()) == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_example_stacks_pass_every_policy(stack: str) -> None:
+    assert check_stack(program(stack).policy_resources()) == []
