@@ -40,8 +40,9 @@ class SoakResult:
 
     @property
     def flatness(self) -> float:
-        """Throughput of the second half of the run over the first (after the first window)."""
-        windows = self.tokens_per_window[1:]
+        """Throughput of the second half of the run over the first, leaving out the first window
+        (warm-up) and the last (cut short by the deadline)."""
+        windows = self.tokens_per_window[1:-1]
         half = len(windows) // 2
         if half == 0 or sum(windows[:half]) == 0:
             return 0.0

@@ -97,6 +97,27 @@ def server_stat(path: str, backend: str, server: str) -> dict | None:
     return None
 
 
+# srv_admin_state bits in `show servers state` (HAProxy's SRV_ADMF_*): forced/inherited/... maintenance
+# and forced/inherited drain.
+MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+DRAIN_BITS = 0x08 | 0x10
+
+
+def admin_state(path: str, backend: str, server: str) -> str:
+    """ready, drain or maint as set through the runtime API. Not from `show stat`'s status column:
+    a drained server whose health check fails shows DOWN there, and would pass for ready."""
+    lines = ask(path, f"show servers state {backend}").splitlines()
+    header = next(line for line in lines if line.startswith("#")).lstrip("# ").split()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= len(header) and not line.startswith("#"):
+            row = dict(zip(header, fields, strict=False))
+            if row["srv_name"] == server:
+                admin = int(row["srv_admin_state"])
+                return "maint" if admin & MAINT_BITS else "drain" if admin & DRAIN_BITS else "ready"
+    raise KeyError(f"{backend}/{server}")
+
+
 def save_state(module: AnsibleModule, path: str, target: str) -> None:
     state = ask(path, "show servers state")
     if not module.check_mode:
@@ -151,15 +172,12 @@ def main() -> None:
             module.fail_json(msg=f"HAProxy has no server {backend}/{server}")
         wanted = module.params["state"]
         changed = False
-        if wanted != "present":
-            status = row["status"].upper()
-            current = "maint" if "MAINT" in status else "drain" if "DRAIN" in status else "ready"
-            if current != wanted:
-                changed = True
-                if not module.check_mode:
-                    reply = ask(path, f"set server {backend}/{server} state {ADMIN_STATES[wanted]}").strip()
-                    if reply:
-                        module.fail_json(msg=f"HAProxy refused: {reply}")
+        if wanted != "present" and admin_state(path, backend, server) != wanted:
+            changed = True
+            if not module.check_mode:
+                reply = ask(path, f"set server {backend}/{server} state {ADMIN_STATES[wanted]}").strip()
+                if reply:
+                    module.fail_json(msg=f"HAProxy refused: {reply}")
         if not module.check_mode:
             if module.params["wait_idle"]:
                 row = wait_for(module, path, backend, server, lambda r: int(r["scur"] or 0) == 0, "idle")

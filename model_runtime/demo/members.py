@@ -41,7 +41,6 @@ from model_runtime.registry.manifest import MANIFEST, build_manifest, write_mani
 log = logging.getLogger(__name__)
 
 Method = Literal["bagging", "boosting"]
-METHODS: tuple[Method, ...] = ("bagging", "boosting")
 MEMBERS_RECORD = "members.json"
 
 

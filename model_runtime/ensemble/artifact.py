@@ -29,8 +29,8 @@ from model_runtime.ensemble.spec import (
     STACKER_FILE,
     Combine,
     EnsembleSpec,
-    MemberSpec,
     Method,
+    make_spec,
     read_spec,
     write_spec,
 )
@@ -54,6 +54,8 @@ def resolve_candidates(sources: Sequence[str], registry: RegistrySettings) -> li
     candidates: list[Candidate] = []
     for source in sources:
         if source.startswith(PREFIX):
+            if not registry.url:
+                raise RegistryError(f"{source}: a registry candidate needs a registry (--registry)")
             pulled = materialize(ModelSettings(path=source), registry)
             name, folder = pulled.served_name or "", Path(pulled.path)
             pinned: str | None = f"{PREFIX}{name}:{pulled.version}"
@@ -89,16 +91,19 @@ def write_ensemble(
             if source is None:
                 source = f"{EMBEDDED}/{member.name}"
                 shutil.copytree(member.folder, staging / source)
-            specs.append(MemberSpec(name=member.name, source=source))
+            specs.append({"name": member.name, "source": source})
         if stacker is not None:
             stacker.save(staging / STACKER_FILE)
-        spec = EnsembleSpec(
-            method=method,
-            combine=combine,
-            members=tuple(specs),
-            weights=tuple(weights),
-            stacker=STACKER_FILE if stacker is not None else None,
-            record=record or {},
+        spec = make_spec(
+            {
+                "method": method,
+                "combine": combine,
+                "members": specs,
+                "weights": list(weights),
+                "stacker": STACKER_FILE if stacker is not None else None,
+                "record": record or {},
+            },
+            f"ensemble for {out}",
         )
         write_spec(staging, spec)
         tokenizer.save_pretrained(staging)

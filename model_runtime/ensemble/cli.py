@@ -46,15 +46,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model_runtime.convert.cli import evaluation_texts
     from model_runtime.demo.corpus import load_corpus
     from model_runtime.ensemble.artifact import REPORT_FILE, resolve_candidates, write_ensemble
+    from model_runtime.ensemble.data import label_items, read_label_items
     from model_runtime.ensemble.evaluate import evaluate_generation, evaluate_labels, load_candidates
 
     registry = _registry_settings(args)
     candidates = resolve_candidates(args.candidates, registry)
     engines = load_candidates(candidates, args.device)
     texts = evaluation_texts(args.eval_text)
-    measure = evaluate_generation if args.task == "generation" else evaluate_labels
-    evaluation = measure(candidates, engines, texts)
-    evaluation.data["source"] = str(args.eval_text) if args.eval_text else f"{load_corpus().source}, held out"
+    source = str(args.eval_text) if args.eval_text else f"{load_corpus().source}, held out"
+    if args.task == "generation":
+        evaluation = evaluate_generation(candidates, engines, texts)
+    elif args.eval_items:
+        evaluation = evaluate_labels(
+            candidates, engines, read_label_items(args.eval_items, engines[0].tokenizer)
+        )
+        source = str(args.eval_items)
+    else:
+        context = min(e.info.max_context for e in engines)
+        evaluation = evaluate_labels(candidates, engines, label_items(texts, engines[0].tokenizer, context))
+    evaluation.data["source"] = source
     report = evaluation.report()
     _print_table(report)
     best = evaluation.best()
@@ -131,6 +141,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="generation: perplexity (average, stack); labels: exact-answer accuracy (vote)",
     )
     evaluate.add_argument("--eval-text", type=Path, help="held-out text (default: the demo corpus)")
+    evaluate.add_argument(
+        "--eval-items",
+        type=Path,
+        help='labels: a JSON-lines file of {"prompt": ..., "answer": ...} (default: next-word items cut '
+        "from the held-out text)",
+    )
     evaluate.add_argument("--device", default="auto", help="where the candidates run (auto, cpu, cuda)")
     evaluate.set_defaults(run=_evaluate)
 

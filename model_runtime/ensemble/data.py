@@ -1,17 +1,26 @@
 """Held-out data for evaluating candidates: whole texts for perplexity, and short exact-answer items for
-accuracy (each text cut at a word, the next word the answer). Texts alternate between a validation half
-(stackers and vote weights are fitted there, candidates ranked for tie-breaks) and a test half (every
-reported number)."""
+accuracy (a JSON-lines file of prompts and answers, or each text cut at a word, the next word the
+answer). Texts and items alternate between a validation half (stackers and vote weights are fitted
+there, candidates ranked for tie-breaks) and a test half (every reported number)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
+from model_runtime.errors import OperatorError
+
 T = TypeVar("T")
+
+
+class EvaluationError(OperatorError, ValueError):
+    """Candidates or data that cannot be evaluated; the message says why."""
+
 
 MIN_PROMPT_WORDS = 8
 ITEMS_PER_TEXT = 2
@@ -39,6 +48,35 @@ class LabelItem:
     answer_ids: tuple[int, ...]
 
 
+def label_item(prompt: str, answer: str, tokenizer: PreTrainedTokenizerBase) -> LabelItem:
+    """The answer's tokens are those that follow the prompt's when both are tokenized together (as a
+    model writes them), or, where tokenizing together merges across the boundary, the answer's own."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + answer)["input_ids"]
+    if full[: len(prompt_ids)] == prompt_ids:
+        answer_ids = full[len(prompt_ids) :]
+    else:
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return LabelItem(prompt, answer, tuple(prompt_ids), tuple(answer_ids))
+
+
+def read_label_items(path: Path, tokenizer: PreTrainedTokenizerBase) -> list[LabelItem]:
+    """One JSON object per line, {"prompt": ..., "answer": ...}; EvaluationError naming a line at fault."""
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            prompt, answer = record["prompt"], record["answer"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EvaluationError(f"{path}:{number}: not an object with prompt and answer ({exc})") from exc
+        if not (isinstance(prompt, str) and isinstance(answer, str) and prompt and answer.strip()):
+            raise EvaluationError(f"{path}:{number}: prompt and answer must be non-empty text")
+        items.append(label_item(prompt, answer, tokenizer))
+    return items
+
+
 def label_items(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, context: int) -> list[LabelItem]:
     """Up to ITEMS_PER_TEXT items per text: the text up to a word (at least MIN_PROMPT_WORDS in), and
     that word. Cut points are spread by a fixed rule, so the items are the same on every run."""
@@ -50,11 +88,7 @@ def label_items(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, contex
             continue
         cuts = sorted({MIN_PROMPT_WORDS + (7 * i + 13 * j) % room for j in range(ITEMS_PER_TEXT)})
         for cut in cuts:
-            prompt, answer = " ".join(words[:cut]), " " + words[cut]
-            prompt_ids = tokenizer(prompt)["input_ids"]
-            full = tokenizer(prompt + answer)["input_ids"]
-            # Only where the answer's tokens follow the prompt's, as they do when a model writes them.
-            if full[: len(prompt_ids)] != prompt_ids or len(full) >= context:
-                continue
-            items.append(LabelItem(prompt, answer, tuple(prompt_ids), tuple(full[len(prompt_ids) :])))
+            item = label_item(" ".join(words[:cut]), " " + words[cut], tokenizer)
+            if len(item.prompt_ids) + len(item.answer_ids) < context:
+                items.append(item)
     return items

@@ -5,9 +5,10 @@ data, and choose the best combination.
   models (one token per step, as in serving), each combination computed by the combiners the ensemble
   engine uses (combine.py). For every subset of two or more candidates: the average of probabilities,
   the average of log-probabilities, and the stack (the gate fitted on the validation half).
-- labels: exact-answer accuracy on next-word items (data.label_items). Each candidate answers
-  greedily, as a served member does at temperature 0; each subset votes plainly (weight 1 each) and
-  with stacked weights (fitted on the validation half).
+- labels: exact-answer accuracy on prompts with short answers (data.py: a JSON-lines file, or next-word
+  items cut from the texts). Each candidate answers greedily with as many tokens as the reference, as a
+  served member does at temperature 0; each subset votes plainly (weight 1 each) and with stacked
+  weights (fitted on the validation half).
 
 The validation half fits stackers and orders the candidates (best first: vote ties go to the better
 member); every reported number, and the choice of the best, is on the test half.
@@ -37,7 +38,7 @@ from model_runtime.ensemble.combine import (
     aligned_logprobs,
     member_features,
 )
-from model_runtime.ensemble.data import LabelItem, halves, label_items, token_sequences
+from model_runtime.ensemble.data import EvaluationError, LabelItem, halves, token_sequences
 from model_runtime.ensemble.spec import Combine, Method
 from model_runtime.ensemble.stacking import fit_gate, fit_vote_weights
 from model_runtime.ensemble.tokenizers import require_shared_tokenizer
@@ -128,7 +129,7 @@ def subsets(count: int) -> Iterator[tuple[int, ...]]:
 def load_candidates(candidates: Sequence[Candidate], device: str = "auto") -> list[Engine]:
     """Their engines, after checking (before reading any weights) that they share one tokenizer."""
     if not 2 <= len(candidates) <= MAX_CANDIDATES:
-        raise ValueError(f"give 2 to {MAX_CANDIDATES} candidates, not {len(candidates)}")
+        raise EvaluationError(f"give 2 to {MAX_CANDIDATES} candidates, not {len(candidates)}")
     tokenizers = [(c.name, load_tokenizer(detect_format(c.folder))) for c in candidates]
     require_shared_tokenizer(tokenizers[0][1], tokenizers[1:], f"candidate {tokenizers[0][0]}'s")
     return [load_engine(ModelSettings(path=str(c.folder), device=device), BATCH) for c in candidates]
@@ -246,11 +247,20 @@ def accuracy(answers: Sequence[str], items: Sequence[LabelItem]) -> float:
     return right / len(items)
 
 
-def evaluate_labels(candidates: list[Candidate], engines: list[Engine], texts: Sequence[str]) -> Evaluation:
+def evaluate_labels(
+    candidates: list[Candidate], engines: list[Engine], items: Sequence[LabelItem]
+) -> Evaluation:
     context = min(e.info.max_context for e in engines)
-    validation, test = halves(label_items(texts, engines[0].tokenizer, context))
+    too_long = [i.prompt for i in items if len(i.prompt_ids) + len(i.answer_ids) >= context]
+    if too_long:
+        raise EvaluationError(
+            f"{len(too_long)} items do not fit the context of {context} tokens: {too_long[0]!r:.80}"
+        )
+    validation, test = halves(items)
     if not validation or not test:
-        raise ValueError("the evaluation texts give too few exact-answer items; give longer texts")
+        raise EvaluationError(
+            f"{len(items)} exact-answer items are too few to fit on half and measure on half"
+        )
     eos = frozenset().union(*(e.info.eos_token_ids for e in engines))
     validation_answers = [greedy_answers(e, validation, eos) for e in engines]
     validation_accuracy = [accuracy(a, validation) for a in validation_answers]
@@ -276,7 +286,12 @@ def evaluate_labels(candidates: list[Candidate], engines: list[Engine], texts: S
         combination.test = accuracy(voted, test)
     names = [c.name for c in candidates]
     items = [
-        {"prompt": item.prompt, "answer": item.answer, "answers": dict(zip(names, answers, strict=True))}
+        {
+            "prompt": item.prompt,
+            "answer": item.answer,
+            "answer_tokens": len(item.answer_ids),
+            "answers": dict(zip(names, answers, strict=True)),
+        }
         for item, answers in zip(test, zip(*test_answers, strict=True), strict=True)
     ]
     data = {"validation": {"items": len(validation)}, "test": {"items": len(test)}}

@@ -98,9 +98,20 @@ class EnsembleSpec(BaseModel):
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members)
 
-    def normalized_weights(self) -> tuple[float, ...]:
-        total = sum(self.weights)
-        return tuple(w / total for w in self.weights)
+
+def make_spec(data: dict[str, Any], where: str) -> EnsembleSpec:
+    """A validated spec; ModelLoadError naming each field at fault (where: the file, or what built it)."""
+    try:
+        return EnsembleSpec.model_validate(data)
+    except ValidationError as exc:
+        # A whole-spec check names its field in its own message, and needs no pydantic prefix.
+        problems = "; ".join(
+            ".".join(str(p) for p in e["loc"])
+            + ": " * bool(e["loc"])
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise ModelLoadError(f"{where}: {problems}") from exc
 
 
 def read_spec(folder: Path) -> EnsembleSpec:
@@ -112,13 +123,7 @@ def read_spec(folder: Path) -> EnsembleSpec:
         raise ModelLoadError(f"{path}: cannot read: {exc}") from exc
     except ValueError as exc:
         raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
-    try:
-        spec = EnsembleSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ModelLoadError(f"{path}: {problems}") from exc
+    spec = make_spec(data, str(path))
     if spec.stacker is not None and not (folder / spec.stacker).is_file():
         raise ModelLoadError(f"{path}: stacker: {spec.stacker} is missing from the folder")
     return spec

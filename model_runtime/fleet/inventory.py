@@ -55,8 +55,11 @@ def load_fleet(inventory: Path) -> dict[str, FleetHost]:
     """Every host of the inventory with the variables a play would see (facts aside)."""
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
+
+    init_plugin_loader()  # what ansible-playbook does first: lookups (file, env) resolve through it
 
     loader = DataLoader()
     manager = InventoryManager(loader=loader, sources=[str(inventory)])

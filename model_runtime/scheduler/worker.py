@@ -376,6 +376,8 @@ class EngineProcess:
             unfinished = [i for i in range(request.choices) if i not in request.finished]
             ended = [Event(i, "", request.tokens.get(i, 0), error=error) for i in unfinished]
             batch.append((request.sink, ended))
+        if batch and self._dispatch is not None:
+            self._dispatch(batch)
 
     def _kill(self) -> None:
         self._process.kill()

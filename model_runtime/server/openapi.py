@@ -1,10 +1,12 @@
 """The OpenAPI document as the server really answers, so that generated clients and the schema fuzzer
 (tests/e2e/test_fuzz_api.py) can hold the server to it.
 
-FastAPI's own document gets three things wrong for this server: it lists a 422 `HTTPValidationError`
-that is never sent (errors.py answers every validation failure with a 400 envelope), it knows nothing
-of the `Retry-After` header on 429 and 503, and it describes a generation's 200 as JSON only, while
-`stream: true` answers with server-sent events. The response tables below and `install_openapi` fix that.
+FastAPI's own document falls short here in four ways, which the tables and `install_openapi` below
+mend: it lists a 422 `HTTPValidationError` that is never sent (errors.py answers every validation
+failure with a 400 envelope); it knows nothing of `Retry-After` on 429 and 503; it describes a
+generation's 200 as JSON only, while `stream: true` answers with server-sent events (each event's
+`data` is described: a chunk, an error envelope, or `[DONE]`); and it cannot see the limits that the
+endpoints enforce in code rather than in the pydantic models.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from tests.support.ensembles import (
     member_folders,
     member_logprobs,
     mixture,
+    single_threaded,
 )
 from tests.support.server import RuntimeProcess
 
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.e2e
 
 WEIGHTS = [0.45, 0.35, 0.2]  # no member alone is a majority; the two lighter ones together are
 EOS = (0, 1)  # <|endoftext|>, <|end|>
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,14 @@
 """`model-runtime ensemble evaluate` on members from a registry: the report's numbers are measured again
 here, independently (plain full forward passes, the combinations written out by hand; the labels
 through the served vote ensemble), and the chosen ensemble is pushed with pinned members and served by
-name from the registry."""
+name from the registry. The labels task adds the demo model (the same tokenizer, trained 10 times
+longer) to the briefly trained members, so that the candidates disagree and the votes decide."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,13 +21,16 @@ from transformers import AutoTokenizer
 from model_runtime.demo.corpus import load_corpus
 from model_runtime.ensemble.combine import Stacker
 from model_runtime.registry.registry import Registry
-from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders
+from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders, single_threaded
+from tests.support.models import ensure_demo_model
 from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 
 TEXTS = 24  # held-out paragraphs: 12 to fit on, 12 to measure
 CONTEXT = 512
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
 
 
 @pytest.fixture(scope="module")
@@ -35,35 +40,37 @@ def members() -> Path:
 
 @pytest.fixture(scope="module")
 def work(members: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry holding the members (each promoted to stable), and a short evaluation text."""
+    """A registry holding the members and the demo model (each promoted to stable), and a short
+    evaluation text."""
     work = tmp_path_factory.mktemp("ensemble-evaluate")
     registry = Registry.open(str(work / "registry"))
-    for folder in member_folders(members):
-        registry.promote(folder.name, registry.push(folder.name, folder)["version"], "stable")
+    for name, folder in [(f.name, f) for f in member_folders(members)] + [("demo", ensure_demo_model())]:
+        registry.promote(name, registry.push(name, folder)["version"], "stable")
     (work / "eval.txt").write_text("\n\n".join(load_corpus().held_out[:TEXTS]))
     return work
 
 
-def evaluate(work: Path, task: str, name: str) -> dict:
+def evaluate(work: Path, task: str, name: str, candidates: list[str]) -> dict:
     subprocess.run(
         [sys.executable, "-m", "model_runtime", "ensemble", "evaluate",
-         *(f"registry:member-{i}@stable" for i in range(3)), "--task", task,
+         *(f"registry:{c}@stable" for c in candidates), "--task", task,
          "--eval-text", str(work / "eval.txt"), "--registry", str(work / "registry"),
          "--cache-dir", str(work / "cache"), "--out", str(work / name), "--push", name, "--alias", "stable"],
         check=True,
         stdout=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # tiny models: one torch thread is the fastest
     )  # fmt: skip
     return json.loads((work / name / "evaluation.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def generation(work: Path) -> dict:
-    return evaluate(work, "generation", "ens-gen")
+    return evaluate(work, "generation", "ens-gen", ["member-0", "member-1", "member-2"])
 
 
 @pytest.fixture(scope="module")
 def labels(work: Path) -> dict:
-    return evaluate(work, "labels", "ens-vote")
+    return evaluate(work, "labels", "ens-vote", ["member-0", "member-1", "member-2", "demo"])
 
 
 def test_the_chosen_ensemble_is_pushed_with_pinned_members(
@@ -165,11 +172,12 @@ def test_the_label_accuracy_measured_again_through_the_served_vote(
     weights = dict(zip([m["name"] for m in spec["members"]], spec["weights"], strict=True))
     right = 0
     for item in labels["items"]:
-        length = len(tokenizer(item["prompt"] + item["answer"])["input_ids"]) - len(
+        # As many tokens as the reference answer has: exactly what the evaluation let each member write.
+        assert item["answer_tokens"] == len(tokenizer(item["prompt"] + item["answer"])["input_ids"]) - len(
             tokenizer(item["prompt"])["input_ids"]
         )
         result = client.completions.create(
-            model="ens-vote", prompt=item["prompt"], max_tokens=length, temperature=0.0,
+            model="ens-vote", prompt=item["prompt"], max_tokens=item["answer_tokens"], temperature=0.0,
             extra_body={"ensemble_members": True},
         )  # fmt: skip
         members = result.model_extra["ensemble"]["choices"][0]["members"]
@@ -188,3 +196,6 @@ def test_the_label_accuracy_measured_again_through_the_served_vote(
         right += answer == " ".join(item["answer"].split())
     assert right / len(labels["items"]) == pytest.approx(labels["best"]["test"])
     assert labels["data"]["test"]["items"] == len(labels["items"])
+    # Not a vacuous vote: the candidates disagree on some items, and some answers are right.
+    assert any(len(set(item["answers"].values())) > 1 for item in labels["items"])
+    assert max(c["test"] for c in labels["candidates"]) > 0

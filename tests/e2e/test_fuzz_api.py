@@ -3,7 +3,7 @@ OpenAPI document the server publishes. No answer may be a 5xx, break its documen
 content type or headers, and the server must still be ready afterwards.
 
 Bounded for CI on 2 cores: a fixed number of cases per operation, derandomized (same cases every run),
-and a server whose own limits keep generation short: a 48-token context (so no request generates more
+and a server whose own limits keep generation short: a 64-token context (so no request generates more
 than that), at most 2 choices, and 4 + 4 sequences in flight. These are limits the server enforces, so
 the fuzzer meets them as 400s rather than having them hidden in the schema.
 """
@@ -25,7 +25,6 @@ from tests.support.server import API_KEY, RuntimeProcess
 pytestmark = pytest.mark.e2e
 
 SERVED = "demo"
-CASES_PER_OPERATION = 40
 CONFIG = {
     "checks": {
         # Valid-by-schema is not enough to be served: the model name, the context length and the
@@ -42,7 +41,7 @@ def fuzzed_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
         demo_model,
         tmp_path_factory.mktemp("fuzz"),
         {
-            "model": {"max_context": 48},
+            "model": {"max_context": 64},
             "scheduler": {"max_n": 2, "max_batch_size": 4, "max_queue": 4},
         },
         name=SERVED,
@@ -58,32 +57,33 @@ def api_schema(fuzzed_server: RuntimeProcess) -> schemathesis.BaseSchema:
     )
 
 
-# Every operation of the document, with the generation modes that apply: the GET operations take no
-# input, so they have no invalid requests to make. test_every_operation_is_fuzzed keeps this complete.
+# Every operation of the document, with the generation modes that apply and a case budget: the GET
+# operations take no input, so they have no invalid requests and few distinct valid ones.
+# test_every_operation_is_fuzzed keeps this list complete.
 OPERATIONS = [
-    ("POST", "/v1/completions", GenerationMode.POSITIVE),
-    ("POST", "/v1/completions", GenerationMode.NEGATIVE),
-    ("POST", "/v1/chat/completions", GenerationMode.POSITIVE),
-    ("POST", "/v1/chat/completions", GenerationMode.NEGATIVE),
-    ("GET", "/v1/models", GenerationMode.POSITIVE),
-    ("GET", "/health/live", GenerationMode.POSITIVE),
-    ("GET", "/health/ready", GenerationMode.POSITIVE),
-    ("GET", "/metrics", GenerationMode.POSITIVE),
+    ("POST", "/v1/completions", GenerationMode.POSITIVE, 80),
+    ("POST", "/v1/completions", GenerationMode.NEGATIVE, 80),
+    ("POST", "/v1/chat/completions", GenerationMode.POSITIVE, 80),
+    ("POST", "/v1/chat/completions", GenerationMode.NEGATIVE, 80),
+    ("GET", "/v1/models", GenerationMode.POSITIVE, 5),
+    ("GET", "/health/live", GenerationMode.POSITIVE, 5),
+    ("GET", "/health/ready", GenerationMode.POSITIVE, 5),
+    ("GET", "/metrics", GenerationMode.POSITIVE, 5),
 ]
 
 
 def test_every_operation_is_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
     documented = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
-    assert documented == {(method, path) for method, path, _ in OPERATIONS}
+    assert documented == {(method, path) for method, path, _, _ in OPERATIONS}
 
 
-@pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
+@pytest.mark.parametrize(("method", "path", "mode", "cases"), OPERATIONS)
 def test_api_keeps_its_contract(
-    api_schema: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode
+    api_schema: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode, cases: int
 ) -> None:
     @given(case=api_schema[path][method].as_strategy(generation_mode=mode))
     @settings(
-        max_examples=CASES_PER_OPERATION,
+        max_examples=cases,
         derandomize=True,
         database=None,
         deadline=None,
@@ -99,6 +99,40 @@ def test_api_keeps_its_contract(
 
     call()
     assert cases_run[f"{method} {path} {mode.value}"] > 0
+
+
+def test_the_document_says_how_the_server_refuses(fuzzed_server: RuntimeProcess) -> None:
+    document = httpx.get(f"{fuzzed_server.base_url}/openapi.json").json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, f"{method} {path}: validation failures are 400 here"
+            if path.startswith("/v1/"):
+                assert operation["security"] == [{"HTTPBearer": []}], f"{method} {path}"
+                assert {"401", "413"} <= set(responses), f"{method} {path}"
+            for status in ("429", "503"):
+                if status in responses and path.startswith("/v1/"):
+                    assert responses[status]["headers"]["Retry-After"]["required"], f"{method} {path}"
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        answers = document["paths"][path]["post"]["responses"]
+        assert {"400", "404", "429", "503", "504"} <= set(answers)
+        assert set(answers["200"]["content"]) == {"application/json", "text/event-stream"}
+
+
+def test_an_undocumented_method_is_a_405_that_names_the_allowed_ones(
+    fuzzed_server: RuntimeProcess, api_schema: schemathesis.BaseSchema
+) -> None:
+    documented: dict[str, set[str]] = {}
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        documented.setdefault(operation.path, set()).add(operation.method.upper())
+    with fuzzed_server.http() as http:
+        for path, methods in documented.items():
+            refused = http.request("PUT", path)
+            assert refused.status_code == 405, path
+            assert refused.json()["error"]["code"] == "method_not_allowed"
+            assert set(refused.headers["allow"].replace(" ", "").split(",")) >= methods, path
 
 
 def test_server_still_serves_after_fuzzing(fuzzed_server: RuntimeProcess) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -86,3 +87,34 @@ def test_request_id_is_echoed(demo_server: RuntimeProcess) -> None:
     response = httpx.get(f"{demo_server.base_url}/health/live", headers={"X-Request-Id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     assert len(httpx.get(f"{demo_server.base_url}/health/live").headers["x-request-id"]) == 32
+
+
+def engine_process(server: RuntimeProcess) -> int:
+    """The server's engine process: its child started by multiprocessing's spawn."""
+    assert server.process is not None
+    threads = Path(f"/proc/{server.process.pid}/task").iterdir()  # any thread may have started it
+    for child in (c for thread in threads for c in (thread / "children").read_text().split()):
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+            return int(child)
+    raise AssertionError("no engine process")
+
+
+def test_a_dead_engine_ends_every_request_with_an_error_then_the_process(
+    medium_llama: Path, tmp_path: Path
+) -> None:
+    server = RuntimeProcess(medium_llama, tmp_path, name="slow").start()
+    try:
+        stream = server.client().completions.create(
+            model="slow", prompt="Hi", max_tokens=300, stream=True, extra_body={"ignore_eos": True}
+        )
+        chunks = iter(stream)
+        next(chunks)
+        os.kill(engine_process(server), signal.SIGKILL)
+        # The stream ends with the error event, not a cut connection (nor a hang).
+        with pytest.raises(openai.APIError) as ended:
+            list(chunks)
+        assert type(ended.value) is openai.APIError, repr(ended.value)
+        assert "engine" in str(ended.value)
+        assert server.process.wait(30) != 0  # a replica without its engine exits and is restarted
+    finally:
+        server.stop()

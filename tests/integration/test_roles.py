@@ -8,12 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.ansible import BIN, playbook
+from tests.support.ansible import BIN, ensure_wheelhouse, playbook
 from tests.support.models import REPO
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +122,55 @@ def test_ansible_lint_production_profile() -> None:
         capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
+    """Fabric and doctor read the inventory through model_runtime.fleet: lookups resolve too."""
+    from model_runtime.fleet.inventory import load_fleet
+
+    wheelhouse = ensure_wheelhouse()
+    host = load_fleet(LOCAL)["localhost"]
+    assert host.vars["model_runtime_version"] == (wheelhouse / "RUNTIME_VERSION").read_text().strip()
+    assert host.instances() == [1, 2]
+    assert host.port(2) == 8102
+    assert host.local
+
+
+def haproxy_module(sock: Path, state: str) -> dict:
+    """library/haproxy_server.py run by ansible, as the roles run it; returns its result."""
+    args = f"socket={sock} backend=model_runtime server=a state={state}"
+    done = subprocess.run(
+        [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "haproxy_server", "-a", args],
+        cwd=REPO, env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+                       "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "oneline"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.split("=>", 1)[1])
+
+
+def test_a_drained_server_whose_health_check_fails_is_still_known_as_drained(tmp_path: Path) -> None:
+    """HAProxy's status column says DOWN for a drained server that fails its check (a stopped
+    replica); enabling it must still clear the drain, or it stays DRAIN once it comes up."""
+    sock = tmp_path / "admin.sock"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        f"global\n    stats socket {sock} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n"
+        "backend model_runtime\n    option httpchk GET /health/ready\n"
+        f"    server a 127.0.0.1:{free_port()} check inter 200ms fall 1 rise 1\n"
+    )
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "HAProxy did not start"
+            time.sleep(0.05)
+        assert haproxy_module(sock, "drain")["changed"] is True
+        time.sleep(0.5)  # the check fails: `show stat` now says DOWN, not DRAIN
+        assert haproxy_module(sock, "present")["status"] == "DOWN"
+        assert haproxy_module(sock, "ready")["changed"] is True
+        assert haproxy_module(sock, "ready")["changed"] is False
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +29,15 @@ def ensure_ensemble_members() -> Path:
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     return MEMBERS
+
+
+def single_threaded() -> Iterator[None]:
+    """For a module-scoped fixture: the tests' forward passes of these tiny models on one torch thread,
+    which is faster than two for them (see engine/threads.py) and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def member_folders(members: Path) -> list[Path]:

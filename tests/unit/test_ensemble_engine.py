@@ -28,12 +28,15 @@ from tests.support.ensembles import (
     member_folders,
     member_logprobs,
     mixture,
+    single_threaded,
 )
 
 pytestmark = pytest.mark.unit
 
 PROMPTS = ["This License", "You may copy and distribute verbatim copies", "The Program"]
 ATOL = 3e-4  # the engine's cached attention against a full forward pass (see test_engine.py)
+
+one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
 
 
 @pytest.fixture(scope="module")
