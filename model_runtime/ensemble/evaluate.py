@@ -57,7 +57,7 @@ class Combination:
     combine: Combine = "probabilities"
     combiner: Combiner | None = None  # generation only
     stacker: Stacker | None = None
-    fitted: float | None = None  # the stacker's or vote weights' own loss on the validation half
+    fitted: float | None = None  # a stacker's mean NLL on the validation half it was fitted on
     test: float = math.nan
 
     def describe(self, names: Sequence[str]) -> dict[str, Any]:
@@ -94,9 +94,9 @@ class Evaluation:
         return value if self.lower_is_better else -value
 
     def best(self) -> Combination:
-        """The best test score; on a tie the fewer members, then the simpler method (list order)."""
-        order = {id(c): i for i, c in enumerate(self.combinations)}
-        return min(self.combinations, key=lambda c: (self._rank(c.test), len(c.members), order[id(c)]))
+        """The best test score; on a tie the fewer members, then the simpler method (min keeps the first
+        of equals, and each subset lists its methods simplest first)."""
+        return min(self.combinations, key=lambda c: (self._rank(c.test), len(c.members)))
 
     def best_member(self) -> int:
         return min(range(len(self.candidates)), key=lambda m: self._rank(self.test[m]))

@@ -7,6 +7,7 @@ ports, paths and instance counts without keeping a copy of any default.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +45,43 @@ class FleetHost:
         return int(self.vars["model_runtime_base_port"]) + instance - 1
 
 
+@functools.cache
+def _init_plugins() -> None:
+    """What ansible-playbook does first, once per process: lookups (file, env) resolve through it."""
+    from ansible.plugins.loader import init_plugin_loader
+
+    init_plugin_loader()
+
+
+def _trusted(value: Any) -> Any:
+    """Ansible 2.19 templates only strings it trusts (those its own loader read); the role defaults
+    read here are the same files a play would trust."""
+    from ansible.template import trust_as_template
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {key: _trusted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    return value
+
+
 def _role_defaults() -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for role in ROLE_DEFAULTS:
         merged.update(yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text()) or {})
-    return merged
+    return _trusted(merged)
 
 
 def load_fleet(inventory: Path) -> dict[str, FleetHost]:
     """Every host of the inventory with the variables a play would see (facts aside)."""
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
-    from ansible.plugins.loader import init_plugin_loader
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
-    init_plugin_loader()  # what ansible-playbook does first: lookups (file, env) resolve through it
+    _init_plugins()
 
     loader = DataLoader()
     manager = InventoryManager(loader=loader, sources=[str(inventory)])
