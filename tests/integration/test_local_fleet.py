@@ -168,7 +168,7 @@ def test_kill_9_of_a_replica_costs_no_non_streaming_request(fleet: LocalFleet) -
             time.sleep(0.5)
         traffic.wait_for(len(traffic.outcomes) + 40)
     assert [o for o in traffic.failures if not o.stream] == []
-    assert fleet.server_states()["localhost-2"] == "UP"
+    assert back_up(fleet, pid)
 
 
 def test_scale_down_and_up_drops_nothing(fleet: LocalFleet) -> None:

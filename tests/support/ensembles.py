@@ -4,6 +4,7 @@ or the code that trains them changes), and helpers that combine them by hand, as
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ COUNT = 3
 STEPS = 40  # enough to write corpus words; the tests check mechanics, the bench checks quality
 
 
+@functools.cache  # checked once per test session, whichever module asks first
 def ensure_ensemble_members() -> Path:
     """The cached members folder: member-0..2, the shared tokenizer, ensemble.json (their average)."""
     subprocess.run(
