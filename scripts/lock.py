@@ -12,12 +12,14 @@ installs them with --require-hashes before the runtime wheel itself (--no-deps),
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements" / "server.lock"
@@ -29,7 +31,7 @@ ALSO = ["setuptools>=77.0.3"]
 
 
 def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def runtime_requirements() -> list[str]:

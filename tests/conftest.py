@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders
 from tests.support.models import REPO, ensure_demo_model, random_model
 from tests.support.server import RuntimeProcess
 
@@ -42,3 +43,15 @@ def demo_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     server = RuntimeProcess(demo_model, tmp_path_factory.mktemp("demo-server"), name="demo").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def members() -> Path:
+    """Three demo ensemble members sharing one tokenizer (built once, cached under .cache/)."""
+    return ensure_ensemble_members()
+
+
+@pytest.fixture(scope="module")
+def models(members: Path) -> list:
+    """The members loaded for full forward passes (the values tests compute by hand)."""
+    return load_models(member_folders(members))

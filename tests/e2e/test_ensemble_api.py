@@ -14,8 +14,6 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.support.ensembles import (
-    ensure_ensemble_members,
-    load_models,
     member_folders,
     member_logprobs,
     mixture,
@@ -29,16 +27,6 @@ WEIGHTS = [0.45, 0.35, 0.2]  # no member alone is a majority; the two lighter on
 EOS = (0, 1)  # <|endoftext|>, <|end|>
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
-
-
-@pytest.fixture(scope="module")
-def members() -> Path:
-    return ensure_ensemble_members()
-
-
-@pytest.fixture(scope="module")
-def models(members: Path) -> list:
-    return load_models(member_folders(members))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from model_runtime.demo.corpus import load_corpus
 from model_runtime.ensemble.combine import Stacker
 from model_runtime.registry.registry import Registry
-from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders, single_threaded
+from tests.support.ensembles import load_models, member_folders, single_threaded
 from tests.support.models import ensure_demo_model
 from tests.support.server import RuntimeProcess
 
@@ -31,11 +31,6 @@ TEXTS = 24  # held-out paragraphs: 12 to fit on, 12 to measure
 CONTEXT = 512
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
-
-
-@pytest.fixture(scope="module")
-def members() -> Path:
-    return ensure_ensemble_members()
 
 
 @pytest.fixture(scope="module")

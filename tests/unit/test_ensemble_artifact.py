@@ -14,14 +14,9 @@ from model_runtime.config import RegistrySettings
 from model_runtime.ensemble.artifact import push_ensemble, resolve_candidates, write_ensemble
 from model_runtime.ensemble.spec import SPEC_FILE, read_spec
 from model_runtime.registry.registry import Registry, RegistryError
-from tests.support.ensembles import ensure_ensemble_members, member_folders
+from tests.support.ensembles import member_folders
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def members() -> Path:
-    return ensure_ensemble_members()
 
 
 def test_candidates_are_pinned_or_embedded(members: Path, tmp_path: Path) -> None:

@@ -23,8 +23,6 @@ from model_runtime.ensemble.engine import EnsembleEngine
 from model_runtime.ensemble.spec import SPEC_FILE, STACKER_FILE
 from model_runtime.registry.registry import Registry
 from tests.support.ensembles import (
-    ensure_ensemble_members,
-    load_models,
     member_folders,
     member_logprobs,
     mixture,
@@ -37,16 +35,6 @@ PROMPTS = ["This License", "You may copy and distribute verbatim copies", "The P
 ATOL = 3e-4  # the engine's cached attention against a full forward pass (see test_engine.py)
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
-
-
-@pytest.fixture(scope="module")
-def members() -> Path:
-    return ensure_ensemble_members()
-
-
-@pytest.fixture(scope="module")
-def models(members: Path) -> list:
-    return load_models(member_folders(members))
 
 
 def ensemble_folder(path: Path, members: Path, **spec: object) -> Path:

@@ -141,29 +141,29 @@ def test_bootstrap_and_boosting_weights_by_hand() -> None:
 def spec(**changes: object) -> dict:
     base = {
         "method": "average",
-        "members": members(("a", "members/a"), ("b", "registry:demo:20260101-1")),
+        "members": member_entries(("a", "members/a"), ("b", "registry:demo:20260101-1")),
         "weights": [1.0, 1.0],
     }
     return {**base, **changes}
 
 
-def members(*pairs: tuple[str, str]) -> list[dict]:
+def member_entries(*pairs: tuple[str, str]) -> list[dict]:
     return [{"name": name, "source": source} for name, source in pairs]
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"members": members(("a", "registry:demo@stable"), ("b", "b"))}, "pinned"),
-        ({"members": members(("a", "registry:demo"), ("b", "b"))}, "pinned"),
-        ({"members": members(("a", "/srv/a"), ("b", "b"))}, "inside the ensemble"),
-        ({"members": members(("a", "../a"), ("b", "b"))}, "inside the ensemble"),
-        ({"members": members(("a", "a"), ("a", "b"))}, "names must be unique"),
+        ({"members": member_entries(("a", "registry:demo@stable"), ("b", "b"))}, "pinned"),
+        ({"members": member_entries(("a", "registry:demo"), ("b", "b"))}, "pinned"),
+        ({"members": member_entries(("a", "/srv/a"), ("b", "b"))}, "inside the ensemble"),
+        ({"members": member_entries(("a", "../a"), ("b", "b"))}, "inside the ensemble"),
+        ({"members": member_entries(("a", "a"), ("a", "b"))}, "names must be unique"),
         ({"weights": [1.0]}, "1 given for 2 members"),
         ({"weights": [1.0, -1.0]}, "must be >= 0"),
         ({"method": "stack"}, "a stack ensemble needs its stacker"),
         ({"method": "vote", "stacker": "s.safetensors"}, "other methods take none"),
-        ({"members": members(("a", "a")), "weights": [1.0]}, "members: .*at least 2"),
+        ({"members": member_entries(("a", "a")), "weights": [1.0]}, "members: .*at least 2"),
         ({"combine": "median"}, "combine"),
     ],
 )

@@ -8,6 +8,7 @@ import tomllib
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.support.models import REPO
 
@@ -31,7 +32,7 @@ def test_every_runtime_dependency_is_locked_at_an_allowed_version() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     for text in project["dependencies"]:
         requirement = Requirement(text)
-        name = requirement.name.lower().replace("_", "-")
+        name = canonicalize_name(requirement.name)
         if name == "torch":  # chosen per host, never locked
             assert name not in pins
             continue
