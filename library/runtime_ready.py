@@ -28,9 +28,12 @@ options:
     type: list
     elements: str
   restarts:
-    description: How many times the process may be replaced while waiting before it counts as a crash loop.
+    description:
+      - How many times the process may be replaced while waiting before it counts as a crash loop.
+      - One by default, because a release whose process died before it was ever ready is broken, and
+        waiting for more attempts only delays putting the previous release back.
     type: int
-    default: 2
+    default: 1
   dead_words:
     description: Words in the status command's output that mean the instance is dead for good.
     type: list
@@ -89,7 +92,7 @@ def main() -> None:
             "timeout": {"type": "int", "default": 600},
             "status_command": {"type": "list", "elements": "str"},
             "dead_words": {"type": "list", "elements": "str", "default": ["FATAL", "failed"]},
-            "restarts": {"type": "int", "default": 2},
+            "restarts": {"type": "int", "default": 1},
             "log_file": {"type": "path"},
         },
         supports_check_mode=True,

@@ -22,6 +22,8 @@ from tests.support.server import free_port
 
 LOCAL = REPO / "inventories" / "local"
 KEY = "local-fleet-test-key"
+# What HAProxy says of the last health check of a server (columns of its stats CSV).
+CHECK_COLUMNS = ("check_status", "check_code", "last_chk")
 
 
 def consecutive_free_ports(count: int) -> int:
@@ -123,6 +125,14 @@ class LocalFleet:
                 pids[f"localhost-{i}"] = int(pid)
         return pids
 
+    def replica_ready(self, instance: int) -> bool:
+        """The instance's own /health/ready, asked directly (not through HAProxy)."""
+        port = self.settings["model_runtime_base_port"] + instance - 1
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, BackgroundLoad]:
         """A playbook run with constant client load through HAProxy before, during and after it."""
         with self.load() as traffic:
@@ -141,12 +151,19 @@ class LocalFleet:
         }
 
     def server_states(self) -> dict[str, str]:
-        """HAProxy's view: server name -> UP / DRAIN / MAINT / DOWN."""
+        """HAProxy's view: server name -> UP / DRAIN / MAINT / DOWN. A server between states reads
+        "UP 1/2" (one check failed, still in rotation) or "DOWN 1/2": only the state itself counts."""
+        return {name: status.split()[0] for name, (status, _) in self.server_checks().items()}
+
+    def server_checks(self) -> dict[str, tuple[str, str]]:
+        """Server name -> (HAProxy's status with its transition count, the last check's result)."""
         csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
+        header = csv.splitlines()[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in csv.splitlines()[1:]]
         return {
-            row[1]: row[17]
-            for row in (line.split(",") for line in csv.splitlines())
-            if row[0] == "model_runtime" and row[1].startswith("localhost-")
+            row["svname"]: (row["status"], " ".join(row[k] for k in CHECK_COLUMNS))
+            for row in rows
+            if row["pxname"] == "model_runtime" and row["svname"].startswith("localhost-")
         }
 
     def supervisorctl(self, *args: str) -> str:
