@@ -1,5 +1,5 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
-2 instances), the openai client through the load balancer, an idempotent second run; then, under
+3 instances), the openai client through the load balancer, an idempotent second run; then, under
 constant load through HAProxy with every request counted, a rolling upgrade of runtime and model, a
 rollback, a broken release, a kill -9, scale runs, and the schedules; stop.yml at the end."""
 
@@ -23,9 +23,8 @@ from tests.support.fleet import KEY, LocalFleet, running_under
 
 pytestmark = pytest.mark.integration
 
-# Two replicas show every rolling behaviour (one drained while the other serves, one untouched after a
-# failure) at two thirds of the cost of three on a 2-core CI runner.
-REPLICAS = 2
+# Three replicas: a scale goes 3 -> 1 -> 3, and a release that fails on the first leaves two untouched.
+REPLICAS = 3
 INSTANCES = [str(i) for i in range(1, REPLICAS + 1)]
 SERVERS = [f"localhost-{i}" for i in INSTANCES]
 ALL_UP = dict.fromkeys(SERVERS, "UP")
@@ -128,13 +127,15 @@ def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
 
 
 def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: LocalFleet) -> None:
-    before = fleet.releases()
+    before, pids = fleet.releases(), fleet.replica_pids()
     run, traffic = fleet.run_under_load("upgrade.yml", {"model_artifacts_source": str(fleet.broken)})
     assert run.returncode != 0
     assert "localhost instance 1 failed at step ready" in run.output, run.output[-5000:]
     assert "the run stops here" in run.output
     assert traffic.failures == [], traffic.failures[:3]
-    assert fleet.releases() == before  # instance 1 back where it was, 2 never touched
+    assert fleet.releases() == before  # instance 1 back where it was
+    untouched = {name: pid for name, pid in fleet.replica_pids().items() if name != "localhost-1"}
+    assert untouched == {name: pid for name, pid in pids.items() if name != "localhost-1"}
     assert fleet.server_states() == ALL_UP
 
 
@@ -232,7 +233,7 @@ def test_schedules_are_cron_jobs_that_run_the_playbook_under_flock(fleet: LocalF
 
 
 def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: LocalFleet) -> None:
-    clients = 40  # against 2 replicas x (4 batch slots + 4 queue places)
+    clients = 40  # against 3 replicas x (4 batch slots + 4 queue places)
     result = soak(fleet.url, KEY, fleet.tls(), fleet.replica_pids, clients=clients, seconds=20)
     print(report(result, clients))
     assert result.lost == []
