@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -134,6 +135,32 @@ def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
     assert host.instances() == [1, 2]
     assert host.port(2) == 8102
     assert host.local
+
+
+@pytest.mark.parametrize("taken", ["model_runtime_base_port", "loadbalancer_port"])
+def test_a_port_taken_by_another_program_stops_site_before_any_change(
+    taken: str, demo_model: Path, tmp_path: Path
+) -> None:
+    ensure_wheelhouse()  # the local inventory reads the runtime version from it
+    prefix = tmp_path / "fs"
+    with socket.socket() as foreign:  # this test's own process: not a program of the fleet
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        settings = {
+            "fleet_prefix": str(prefix),
+            "model_artifacts_source": str(demo_model),
+            "model_runtime_instances": 1,
+            "model_runtime_base_port": free_port(),
+            "loadbalancer_port": free_port(),
+            "loadbalancer_stats_port": free_port(),
+            "model_runtime_api_keys": ["preflight-test-key"],
+            taken: port,
+        }
+        run = playbook("site.yml", LOCAL, settings)
+    assert run.returncode != 0
+    assert f"port {port} is taken by another program" in run.output, run.output[-3000:]
+    assert not prefix.exists()  # the checks stopped the run before any role wrote anything
 
 
 def haproxy_module(sock: Path, state: str) -> dict:
