@@ -24,6 +24,10 @@ LOCAL = REPO / "inventories" / "local"
 KEY = "local-fleet-test-key"
 # What HAProxy says of the last health check of a server (columns of its stats CSV).
 CHECK_COLUMNS = ("check_status", "check_code", "last_chk")
+# During playbook runs each load client waits this long between two requests (about 10 requests a
+# second from 4 clients): steady traffic that leaves a 2-core runner room for the playbook and the
+# restarting replicas, as a production fleet's spare capacity would, rather than a saturation.
+LOAD_PAUSE_S = 0.25
 
 
 def consecutive_free_ports(count: int) -> int:
@@ -113,8 +117,10 @@ class LocalFleet:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self.tls())
 
-    def load(self, clients: int = 4) -> BackgroundLoad:
-        return BackgroundLoad(self.url, KEY, "demo", clients=clients, max_requests=100_000, verify=self.tls())
+    def load(self, clients: int = 4, pause_s: float = 0.0) -> BackgroundLoad:
+        return BackgroundLoad(
+            self.url, KEY, "demo", clients=clients, max_requests=100_000, pause_s=pause_s, verify=self.tls()
+        )
 
     def replica_pids(self) -> dict[str, int]:
         """Each instance's server process (supervisord's program), by instance name."""
@@ -135,7 +141,7 @@ class LocalFleet:
 
     def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, BackgroundLoad]:
         """A playbook run with constant client load through HAProxy before, during and after it."""
-        with self.load() as traffic:
+        with self.load(pause_s=LOAD_PAUSE_S) as traffic:
             traffic.wait_for(20)
             run = self.run(name, extra)
             traffic.wait_for(len(traffic.outcomes) + 20)

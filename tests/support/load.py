@@ -29,6 +29,7 @@ class BackgroundLoad:
     clients: int = 4
     max_requests: int = 2000  # a bound, so that a test can never loop forever
     max_tokens: int = 12
+    pause_s: float = 0.0  # each client's wait between two requests (0: as fast as the server answers)
     verify: ssl.SSLContext | bool = True  # the CA to trust for an https base_url
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -74,6 +75,7 @@ class BackgroundLoad:
                 outcome = self._one(client, stream)
                 with self._lock:
                     self.outcomes.append(outcome)
+                self._stop.wait(self.pause_s)
 
     def _one(self, client: httpx.Client, stream: bool) -> Outcome:
         started = time.monotonic()
