@@ -25,6 +25,7 @@ from fabric import Connection, task
 from invoke import Context, Exit
 
 from model_runtime.doctor import EXIT_CODES, report_from_output
+from model_runtime.fleet.haproxy_stats import stats_rows
 from model_runtime.fleet.inventory import FleetHost, load_fleet
 from model_runtime.fleet.status import render
 
@@ -118,9 +119,7 @@ class Fleet:
     def sessions(self, host: FleetHost, instance: int) -> int:
         total = 0
         for answer in self.haproxy("show stat"):
-            header = answer.splitlines()[0].lstrip("# ").split(",") if answer else []
-            for line in answer.splitlines()[1:]:
-                row = dict(zip(header, line.split(","), strict=False))
+            for row in stats_rows(answer):
                 if row.get("svname") == f"{host.name}-{instance}":
                     total += int(row.get("scur") or 0)
         return total

@@ -53,7 +53,8 @@ def perplexities(folder: Path) -> dict[str, Evaluation]:
     candidates = resolve_candidates([str(folder / f"member-{i}") for i in range(MEMBERS)], RegistrySettings())
     engines = load_candidates(candidates, "cpu")
     corpus = load_corpus()
-    novel = [p for p in corpus.held_out if p not in set(corpus.train)]
+    trained = set(corpus.train)
+    novel = [p for p in corpus.held_out if p not in trained]
     evaluations = {
         "all held-out paragraphs": evaluate_generation(candidates, engines, corpus.held_out),
         f"the {len(novel)} held-out paragraphs not also in training": evaluate_generation(

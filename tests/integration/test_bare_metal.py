@@ -18,6 +18,7 @@ import openai
 import pytest
 import testinfra
 
+from model_runtime.fleet.haproxy_stats import server_rows
 from tests.support.ansible import ensure_wheelhouse, playbook, release_wheelhouse
 from tests.support.models import REPO
 from tests.support.netns import SUBNET, TestHost, TestHosts
@@ -134,12 +135,7 @@ def test_haproxy_balances_over_both_hosts(fleet: dict) -> None:
     client = openai.OpenAI(base_url=f"http://{SUBNET}.11:8000/v1", api_key=KEY, max_retries=0)
     reply = client.completions.create(model="demo", prompt="This License", max_tokens=8)
     assert reply.choices[0].text
-    stats = host(fleet, "a").ansible(
-        "uri", "url=http://127.0.0.1:8404/stats;csv return_content=true", check=False
-    )
-    rows = [line.split(",") for line in stats["content"].splitlines() if line.startswith("model_runtime,")]
-    servers = {(row[1], row[17]) for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
-    assert servers == {("a-1", "UP"), ("b-1", "UP")}
+    assert lb_states(fleet) == {"a-1": "UP", "b-1": "UP"}
 
 
 def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
@@ -251,8 +247,7 @@ def lb_states(fleet: dict) -> dict[str, str]:
     stats = host(fleet, "a").ansible(
         "uri", "url=http://127.0.0.1:8404/stats;csv return_content=true", check=False
     )
-    rows = [line.split(",") for line in stats["content"].splitlines() if line.startswith("model_runtime,")]
-    return {row[1]: row[17] for row in rows if row[1] not in ("FRONTEND", "BACKEND")}
+    return {row["svname"]: row["status"] for row in server_rows(stats["content"], "model_runtime")}
 
 
 def test_fab_drain_and_enable(fleet: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from model_runtime.fleet.haproxy_stats import server_rows
 from tests.support.ansible import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
 from tests.support.load import BackgroundLoad
 from tests.support.models import REPO
@@ -164,12 +165,9 @@ class LocalFleet:
     def server_checks(self) -> dict[str, tuple[str, str]]:
         """Server name -> (HAProxy's status with its transition count, the last check's result)."""
         csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
-        header = csv.splitlines()[0].lstrip("# ").split(",")
-        rows = [dict(zip(header, line.split(","), strict=False)) for line in csv.splitlines()[1:]]
         return {
             row["svname"]: (row["status"], " ".join(row[k] for k in CHECK_COLUMNS))
-            for row in rows
-            if row["pxname"] == "model_runtime" and row["svname"].startswith("localhost-")
+            for row in server_rows(csv, "model_runtime")
         }
 
     def supervisorctl(self, *args: str) -> str:
