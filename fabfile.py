@@ -94,8 +94,15 @@ class Fleet:
         )
 
     def ready(self, host: FleetHost, instance: int) -> bool:
-        url = f"http://{host.vars['model_runtime_listen_address']}:{host.port(instance)}/health/ready"
-        probe = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=3).status)"
+        # Asked on the host itself; an instance serving TLS must show a certificate from the fleet CA.
+        tls = bool(host.vars.get("model_runtime_tls"))
+        address = f"{host.vars['model_runtime_listen_address']}:{host.port(instance)}"
+        url = f"{'https' if tls else 'http'}://{address}/health/ready"
+        context = f"ssl.create_default_context(cafile={host.vars['model_runtime_tls_dir'] + '/ca.pem'!r})"
+        probe = (
+            f"import ssl, urllib.request as u; "
+            f"print(u.urlopen({url!r}, timeout=3, context={context if tls else None}).status)"
+        )
         return self.run(host, f"python3 -c {shlex.quote(probe)}", warn=True).strip() == "200"
 
     def haproxy(self, command: str) -> list[str]:

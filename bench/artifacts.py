@@ -91,7 +91,7 @@ def swap_seconds(demo: Path, work: Path) -> tuple[float, float]:
     try:
         started = time.perf_counter()
         reply = httpx.post(
-            f"{server.base_url}/admin/models/demo/swap", json={"path": str(target), "version": "v2"},
+            f"{server.internal_url}/admin/models/demo/swap", json={"path": str(target), "version": "v2"},
             headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300,
         )  # fmt: skip
         reply.raise_for_status()

@@ -113,6 +113,8 @@ def build(wheelhouse: Path, out: Path, cache: Path) -> tuple[Path, dict]:
             for name in sorted(wheels):
                 tar.add(wheels[name], f"wheels/{name}", filter=_filter)
             _add_bytes(tar, "wheels/RUNTIME_VERSION", f"{runtime_version}\n".encode())
+            # The wheels' sha256 (scripts/wheelhouse.py): the role installs the runtime wheel by it.
+            tar.add(wheelhouse / "wheelhouse.lock", "wheels/wheelhouse.lock", filter=_filter)
             for folder in ANSIBLE_TREE:
                 tar.add(REPO / folder, f"ansible/{folder}", filter=_filter)
             tar.add(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,12 +19,20 @@ from typing import Any
 import pulumi
 
 from infra.schedules import Schedule, ScheduleError, load_schedules, scale_actions
+from model_runtime.config import ConfigError as RuntimeConfigError
+from model_runtime.config import Settings as RuntimeSettings
+from model_runtime.config import load_settings
 from model_runtime.registry.registry import RegistryError, parse_ref
 
 PROJECT = "model-runtime"
 DEFAULT_SCHEDULES = "inventories/example/group_vars/all/schedules.yml"
 # Amazon's GPU AMI with the NVIDIA driver baked in (the cloud path does not run the driver role).
 DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"
+# The ALB's longest deregistration delay (its limit, in seconds).
+ALB_MAX_DEREGISTRATION_DELAY_S = 3600
+# Past the runtime's request deadline: the step that notices it and the response's last bytes.
+DRAIN_GRACE_S = 30
+REQUEST_TIMEOUT_KEY = "fleet.runtimeSettings.scheduler.request_timeout_s"
 _MISSING = object()
 
 
@@ -94,6 +103,8 @@ class FleetConfig:
     skipped_schedules: tuple[str, ...]  # the upgrade entries (a config change upgrades in the cloud)
     boot_packages: tuple[str, ...]
     torch_requirement: str | None
+    # The longest request an instance serves, as its runtime reads it (runtimeSettings or its default).
+    request_timeout_s: float
     runtime_settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,7 +137,7 @@ class EndpointConfig:
 @dataclass(frozen=True)
 class StackConfig:
     runtime_version: str
-    runtime_bundle_sha256: str | None
+    runtime_bundle_sha256: str
     model: str
     api_keys: ApiKeysRef
     api_keys_kms_key_arn: str | None  # a customer-managed key of the SecureString or secret
@@ -350,6 +361,8 @@ def _fleet(section: _Section, repo: Path) -> FleetConfig:
         except ScheduleError as exc:
             raise ConfigError("fleet.schedules", str(exc)) from None
         skipped = tuple(s.name for s in every if s.kind != "scale")
+    runtime_settings = section.mapping("runtimeSettings")
+    runtime = _runtime_settings(runtime_settings)
     result = FleetConfig(
         instance_types=section.strings("instanceTypes", (), non_empty=True),
         ami_id=section.text("amiId", None, r"ami-[0-9a-f]{8,17}", "an AMI ID (ami-...)"),
@@ -379,7 +392,8 @@ def _fleet(section: _Section, repo: Path) -> FleetConfig:
         skipped_schedules=skipped,
         boot_packages=section.strings("bootPackages", ("python3-boto3", "python3-venv")),
         torch_requirement=section.text("torchRequirement", None),
-        runtime_settings=_runtime_settings(section.mapping("runtimeSettings")),
+        runtime_settings=runtime_settings,
+        request_timeout_s=runtime.scheduler.request_timeout_s,
     )
     for instance_type in result.instance_types:
         if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", instance_type):
@@ -392,9 +406,9 @@ def _fleet(section: _Section, repo: Path) -> FleetConfig:
 _ROLE_OWNED = {"model": ("path", "served_name", "version"), "server": ("host", "port", "api_keys_file")}
 
 
-def _runtime_settings(settings: dict[str, Any]) -> dict[str, Any]:
+def _runtime_settings(settings: dict[str, Any]) -> RuntimeSettings:
     """Checked now by the runtime's own settings model, so that a typo fails `pulumi up`, not every
-    instance's start after the rollout began."""
+    instance's start after the rollout began; what the instances' runtime will read."""
     for section, keys in _ROLE_OWNED.items():
         values = settings.get(section, {})
         if not isinstance(values, dict):
@@ -405,19 +419,35 @@ def _runtime_settings(settings: dict[str, Any]) -> dict[str, Any]:
                     f"fleet.runtimeSettings.{section}.{key}",
                     "is set by the stack (model, fleet.runtimePort, apiKeys), not here",
                 )
-    from model_runtime.config import ConfigError as RuntimeConfigError
-    from model_runtime.config import load_settings
-
     model = {**settings.get("model", {}), "path": "/checked-at-boot"}
     try:
-        load_settings(overrides={**settings, "model": model}, environ={})
+        return load_settings(overrides={**settings, "model": model}, environ={})
     except RuntimeConfigError as exc:
         detail = str(exc).split(":", 1)[-1].strip().replace("\n  ", "; ")
         raise ConfigError("fleet.runtimeSettings", detail) from None
-    return settings
 
 
-def _endpoint(section: _Section) -> EndpointConfig:
+def deregistration_delay(request_timeout_s: float) -> int:
+    """How long the ALB lets an instance that leaves (scale-in, refresh) finish its requests: the
+    longest request the runtime allows plus a grace, within the ALB's limit. A runtime limit beyond
+    that limit is an error: a scale-in would cut requests the runtime still considers alive."""
+    if request_timeout_s > ALB_MAX_DEREGISTRATION_DELAY_S:
+        raise ConfigError(
+            REQUEST_TIMEOUT_KEY,
+            f"is {request_timeout_s:g} s, above the load balancer's longest deregistration delay "
+            f"({ALB_MAX_DEREGISTRATION_DELAY_S} s): an instance leaving the group would have requests "
+            f"cut; at most {ALB_MAX_DEREGISTRATION_DELAY_S}",
+        )
+    return min(math.ceil(request_timeout_s) + DRAIN_GRACE_S, ALB_MAX_DEREGISTRATION_DELAY_S)
+
+
+def _endpoint(section: _Section, request_timeout_s: float) -> EndpointConfig:
+    if section.raw.get("deregistrationDelaySeconds") is not None:
+        raise ConfigError(
+            "endpoint.deregistrationDelaySeconds",
+            f"is derived from {REQUEST_TIMEOUT_KEY} (the longest request an instance may be serving "
+            "when it leaves the group); set that instead",
+        )
     certificate = section.text("certificateArn", None, r"arn:aws[a-z-]*:acm:.+", "an ACM certificate ARN")
     allow_http = section.flag("allowHttp", False)
     if certificate is None and not allow_http:
@@ -445,7 +475,7 @@ def _endpoint(section: _Section) -> EndpointConfig:
         ssl_policy=section.text("sslPolicy", "ELBSecurityPolicy-TLS13-1-2-2021-06"),
         # Streams can run for minutes: the ALB's default of 60 s would cut them.
         idle_timeout_s=section.integer("idleTimeoutSeconds", 300, minimum=1, maximum=4000),
-        deregistration_delay_s=section.integer("deregistrationDelaySeconds", 45, minimum=0, maximum=3600),
+        deregistration_delay_s=deregistration_delay(request_timeout_s),
         domain_name=section.text("domainName", None),
         deletion_protection=section.flag("deletionProtection", False),
     )
@@ -486,10 +516,16 @@ def parse_stack_config(values: Mapping[str, str | None], repo: Path) -> StackCon
     except RegistryError as exc:
         raise ConfigError("model", f"{exc}: e.g. demo@stable or demo:20261128-101500.000000-a1b2c3") from None
     fleet = _fleet(root.section("fleet"), repo)
+    if not decoded["runtimeBundleSha256"]:
+        raise ConfigError(
+            "runtimeBundleSha256",
+            "is required: an instance boots only the bundle with this sha256; infra/bundle.py prints it "
+            "(pulumi config set runtimeBundleSha256 <sha256>)",
+        )
     return StackConfig(
         runtime_version=runtime_version,
         runtime_bundle_sha256=root.text(
-            "runtimeBundleSha256", None, r"[0-9a-f]{64}", "a sha256 (64 hex digits)"
+            "runtimeBundleSha256", pattern=r"[0-9a-f]{64}", hint="a sha256 (64 hex digits)"
         ),
         model=model,
         api_keys=_api_keys(root),
@@ -497,7 +533,7 @@ def parse_stack_config(values: Mapping[str, str | None], repo: Path) -> StackCon
         network=_network(root.section("network")),
         store=_store(root.section("store")),
         fleet=fleet,
-        endpoint=_endpoint(root.section("endpoint")),
+        endpoint=_endpoint(root.section("endpoint"), fleet.request_timeout_s),
     )
 
 

@@ -65,7 +65,7 @@ def boot_config(settings: StackConfig, bucket: str, region: str) -> dict[str, An
         "region": region,
         "bucket": bucket,
         "bundle_key": f"{settings.store.bundle_prefix}/{bundle_name(settings.runtime_version)}",
-        "bundle_sha256": settings.runtime_bundle_sha256 or "",
+        "bundle_sha256": settings.runtime_bundle_sha256,
         "runtime_version": settings.runtime_version,
         "api_keys": f"{settings.api_keys.service}:{settings.api_keys.name}",
         "prefix": "",

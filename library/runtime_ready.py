@@ -17,6 +17,9 @@ options:
     description: The readiness URL, e.g. http://127.0.0.1:8101/health/ready.
     type: str
     required: true
+  ca_file:
+    description: For an https URL, the only CA the instance's certificate may be signed by.
+    type: path
   timeout:
     description: Seconds to wait.
     type: int
@@ -53,6 +56,7 @@ seconds:
 """
 
 import re
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -61,9 +65,9 @@ import urllib.request
 from ansible.module_utils.basic import AnsibleModule
 
 
-def ready(url: str) -> bool:
+def ready(url: str, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - an http URL we were given
+        with urllib.request.urlopen(url, timeout=5, context=tls) as response:  # noqa: S310 - a URL we were given
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -94,16 +98,18 @@ def main() -> None:
             "dead_words": {"type": "list", "elements": "str", "default": ["FATAL", "failed"]},
             "restarts": {"type": "int", "default": 1},
             "log_file": {"type": "path"},
+            "ca_file": {"type": "path"},
         },
         supports_check_mode=True,
     )
     if module.check_mode:
         module.exit_json(changed=False, skipped=True)
     params = module.params
+    tls = ssl.create_default_context(cafile=params["ca_file"]) if params["ca_file"] else None
     started = time.monotonic()
     processes: list[int] = []
     while True:
-        if ready(params["url"]):
+        if ready(params["url"], tls):
             module.exit_json(changed=False, seconds=round(time.monotonic() - started, 1))
         if params["status_command"]:
             status = subprocess.run(params["status_command"], capture_output=True, text=True, check=False)

@@ -6,13 +6,14 @@ Every error names the offending key, so that an operator can fix a config file w
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model_runtime.errors import OperatorError
 
@@ -63,20 +64,97 @@ class ServerSettings(_Section):
     admin_keys_file: Path | None = Field(
         default=None, description="Keys of the admin endpoints (hot swap); without any, /admin is off"
     )
+    tls_certfile: Path | None = Field(
+        default=None, description="PEM certificate: both listeners serve TLS with it (and tls_keyfile)"
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Folder of this instance's state across restarts (its count of process starts); "
+        "none: each process counts only itself",
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Characters of prompt text (all prompts, or all message contents) in one request; "
+        "checked before tokenizing",
+    )
+    tokenizer_threads: int = Field(
+        default=2, gt=0, description="Threads that tokenize prompts, off the event loop; more requests wait"
+    )
+    # The internal listener: /metrics, /admin and /openapi.json, apart from the API that clients reach.
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the internal listener (/metrics, /admin, /openapi.json): loopback or private",
+    )
+    metrics_port: int = Field(default=9101, ge=0, le=65535, description="Port of the internal listener")
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _internal_address(cls, value: str) -> str:
+        """Scrapers and operators reach the internal listener; clients must not, so it never binds a
+        wildcard or a public address."""
+        if value == "localhost":
+            return value
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r}: must be an IP address (loopback or private) or localhost") from None
+        if address.is_unspecified or not (address.is_loopback or address.is_private):
+            raise ValueError(f"{value}: must be a loopback or private address, not a public or wildcard one")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile: give both to serve TLS, or neither")
+        for name in ("tls_certfile", "tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        return self
+
+    @model_validator(mode="after")
+    def _two_listeners(self) -> ServerSettings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(
+                f"metrics_port: {self.metrics_port} is server.port too; the internal listener needs its own"
+            )
+        return self
 
 
 class SchedulerSettings(_Section):
     max_batch_size: int = Field(default=32, gt=0, description="Sequences decoded together in one step")
     max_queue: int = Field(default=64, ge=0, description="Waiting requests beyond this get 429")
     max_prefill_tokens: int = Field(default=4096, gt=0, description="Prompt tokens prefilled in one step")
-    queue_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for a batch slot (then 503)")
+    queue_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for a batch slot (then 429)")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Longest a request may run (then 504)")
+    engine_stall_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Readiness turns 503 when the engine completes no step for this long while work waits",
+    )
+    engine_stall_exit_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A stall this long ends the requests in flight (503 engine_stalled) and the process "
+        "(exit 1, for the service manager to restart it)",
+    )
     max_n: int = Field(default=8, gt=0, description="Largest `n` (choices per request) accepted")
     torch_threads: int | None = Field(
         default=None,
         gt=0,
         description="Engine intra-op threads; default: measured at start (engine/threads.py)",
     )
+
+    @model_validator(mode="after")
+    def _stall_limits_in_order(self) -> SchedulerSettings:
+        if self.engine_stall_exit_s < self.engine_stall_s:
+            raise ValueError(
+                f"engine_stall_exit_s: {self.engine_stall_exit_s} is below engine_stall_s "
+                f"({self.engine_stall_s}); the exit comes after readiness has turned 503"
+            )
+        return self
 
 
 class RegistrySettings(_Section):
@@ -166,6 +244,8 @@ def _describe(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        if item["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+            message = str(item["ctx"]["error"])
         lines.append(f"{key}: {message}")
     return f"invalid settings ({source}):\n  " + "\n  ".join(lines)
 

@@ -14,6 +14,7 @@ import importlib.metadata
 import ipaddress
 import json
 import shutil
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -108,35 +109,58 @@ def check_torch_gpu(gpus: list[str], device: str) -> Check:
 
 
 # --- the runtime and the instance -----------------------------------------------------------------------
-def instance_url(settings: Settings) -> str:
-    """Where to reach the instance from this host: a wildcard listen address means loopback."""
-    host = settings.server.host
+def _listener_url(host: str, port: int, tls: bool = False) -> str:
+    """Where to reach a listener from this host: a wildcard listen address means loopback."""
+    scheme = "https" if tls else "http"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:  # a host name
-        return f"http://{host}:{settings.server.port}"
+        return f"{scheme}://{host}:{port}"
     if address.is_unspecified:
         address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
     shown = f"[{address}]" if address.version == 6 else str(address)
-    return f"http://{shown}:{settings.server.port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-def _get(url: str, timeout_s: float) -> tuple[int, str]:
+def instance_url(settings: Settings) -> str:
+    """The instance's API and health (the public listener)."""
+    return _listener_url(settings.server.host, settings.server.port, settings.server.tls_certfile is not None)
+
+
+def metrics_url(settings: Settings) -> str:
+    """The instance's metrics (the internal listener)."""
+    return _listener_url(
+        settings.server.metrics_host, settings.server.metrics_port, settings.server.tls_certfile is not None
+    )
+
+
+def instance_tls(settings: Settings) -> ssl.SSLContext | None:
+    """For an instance serving TLS: a client that trusts exactly the instance's own certificate. Asked
+    from its own host, by an address its certificate need not name, the certificate is what is checked."""
+    if settings.server.tls_certfile is None:
+        return None
+    context = ssl.create_default_context(cafile=settings.server.tls_certfile)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the trust anchor
+    context.check_hostname = False
+    return context
+
+
+def _get(url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> tuple[int, str]:
     """(status, body); HTTP errors are answers too. Raises OSError when nothing answers."""
     try:
-        # S310: the URL is always http://, made by instance_url from the settings.
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+        # S310: the URL is always http:// or https://, made by _listener_url from the settings.
+        with urllib.request.urlopen(url, timeout=timeout_s, context=tls) as response:  # noqa: S310
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
 
 
-def running_version(base_url: str, timeout_s: float) -> str | None:
+def running_version(internal_url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> str | None:
     """The version the instance reports in its metrics (model_runtime_info), or None if unknown."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        status, text = _get(f"{base_url}/metrics", timeout_s)
+        status, text = _get(f"{internal_url}/metrics", timeout_s, tls)
     except OSError:
         return None
     if status != 200:
@@ -161,11 +185,11 @@ def check_version(installed: str, running: str | None, base_url: str) -> Check:
     return Check(name, "ok", f"model-runtime {installed}" + (f", running at {base_url}" if running else ""))
 
 
-def check_ready(base_url: str, timeout_s: float) -> Check:
+def check_ready(base_url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> Check:
     name = "instance_ready"
     url = f"{base_url}/health/ready"
     try:
-        status, body = _get(url, timeout_s)
+        status, body = _get(url, timeout_s, tls)
     except OSError as exc:
         return Check(name, "fail", f"nothing answers at {url}: {getattr(exc, 'reason', exc)}")
     try:
@@ -238,12 +262,13 @@ def diagnose(
 ) -> list[Check]:
     gpus = nvidia_devices(pci_devices)
     base_url = instance_url(settings)
+    tls = instance_tls(settings)
     return [
         check_driver(gpus, nvidia_smi, limits.timeout_s),
         check_torch_gpu(gpus, settings.model.device),
-        check_version(__version__, running_version(base_url, limits.timeout_s), base_url),
+        check_version(__version__, running_version(metrics_url(settings), limits.timeout_s, tls), base_url),
         check_manifest(settings),
-        check_ready(base_url, limits.timeout_s),
+        check_ready(base_url, limits.timeout_s, tls),
         check_disk(model_folder(settings), limits),
     ]
 

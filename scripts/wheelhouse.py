@@ -1,12 +1,15 @@
-"""Build the wheelhouse the fleet installs from, offline: the runtime wheel, exactly the files of
-requirements/server.lock (pip checks their hashes), torch's CPU wheel and
-supervisor for hosts without systemd.
+"""Build the wheelhouse the fleet installs from, offline: the runtime wheel, and exactly the files of
+the hash-pinned locks (pip checks their hashes): requirements/server.lock (the runtime's
+dependencies), requirements/supervisor.lock (supervisord, for hosts without systemd) and a torch lock
+(requirements/torch-cpu.lock by default; a CUDA wheelhouse names its own with --torch-lock).
 
 The runtime wheel gets a local version label from a hash of its sources (0.1.0+src.1a2b3c4d5e), so a
 changed source is a new release that the model_runtime role installs beside the old one, while an
-unchanged one is recognised and left alone. RUNTIME_VERSION in the wheelhouse names it.
+unchanged one is recognised and left alone. RUNTIME_VERSION in the wheelhouse names it, and
+wheelhouse.lock pins every wheel in the folder to its sha256: the model_runtime role installs the
+runtime wheel by that hash (--require-hashes), so pip takes no other file.
 
-  python scripts/wheelhouse.py [OUT] [--version-label LABEL]
+  python scripts/wheelhouse.py [OUT] [--version-label LABEL] [--torch-lock LOCK] [--runtime-only]
 """
 
 from __future__ import annotations
@@ -20,15 +23,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from packaging.utils import parse_wheel_filename
+
 REPO = Path(__file__).resolve().parents[1]
-LOCK = REPO / "requirements" / "server.lock"
-# Not in the lock: installed per host beside the release venvs.
-EXTRA = ["supervisor==4.3.0", "torch==2.13.0"]
+REQUIREMENTS = REPO / "requirements"
+# The runtime's dependencies and supervisord's venv; torch comes from the lock given on the command line.
+LOCKS = [REQUIREMENTS / "server.lock", REQUIREMENTS / "supervisor.lock"]
+TORCH_LOCK = REQUIREMENTS / "torch-cpu.lock"
+WHEELHOUSE_LOCK = "wheelhouse.lock"
 
 
 def source_hash() -> str:
     digest = hashlib.sha256()
-    for path in sorted([REPO / "pyproject.toml", LOCK, *(REPO / "model_runtime").rglob("*.py")]):
+    for path in sorted(
+        [REPO / "pyproject.toml", *REQUIREMENTS.glob("*.lock"), *(REPO / "model_runtime").rglob("*.py")]
+    ):
         digest.update(path.relative_to(REPO).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
@@ -39,10 +48,32 @@ def base_version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-def build(out: Path, label: str, runtime_only: bool = False) -> str:
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_wheelhouse_lock(out: Path) -> None:
+    """wheelhouse.lock: every wheel of the folder as a pip requirement pinned to its file's sha256."""
+    lines = ["# Written by scripts/wheelhouse.py: the sha256 of every wheel in this folder."]
+    for wheel in sorted(out.glob("*.whl")):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        lines.append(f"{name}=={version} --hash=sha256:{sha256(wheel)}")
+    (out / WHEELHOUSE_LOCK).write_text("\n".join(lines) + "\n")
+
+
+def build(out: Path, label: str, runtime_only: bool = False, torch_lock: Path = TORCH_LOCK) -> str:
     version = f"{base_version()}+{label}"
     marker = out / "RUNTIME_VERSION"
-    if marker.is_file() and marker.read_text().strip() == version and list(out.glob("model_runtime-*.whl")):
+    if (
+        marker.is_file()
+        and marker.read_text().strip() == version
+        and list(out.glob("model_runtime-*.whl"))
+        and (out / WHEELHOUSE_LOCK).is_file()
+    ):
         print(f"{out}: up to date (model-runtime {version})")
         return version
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +94,9 @@ def build(out: Path, label: str, runtime_only: bool = False) -> str:
             if stale != wheel:
                 stale.unlink()
         if not runtime_only:
-            subprocess.run([*pip, "--no-deps", "--require-hashes", "-r", str(LOCK)], check=True)
-            subprocess.run([*pip, *EXTRA], check=True)
+            for lock in (*LOCKS, torch_lock):
+                subprocess.run([*pip, "--no-deps", "--require-hashes", "-r", str(lock)], check=True)
+    write_wheelhouse_lock(out)
     marker.write_text(version + "\n")
     print(f"{out}: model-runtime {version} and its dependencies")
     return version
@@ -81,8 +113,14 @@ def main() -> None:
         action="store_true",
         help="only the runtime wheel (its dependencies: another wheelhouse)",
     )
+    parser.add_argument(
+        "--torch-lock",
+        type=Path,
+        default=TORCH_LOCK,
+        help="the torch build's lock (scripts/lock.py --torch; default: the CPU build's)",
+    )
     args = parser.parse_args()
-    build(args.out, args.version_label or f"src.{source_hash()}", args.runtime_only)
+    build(args.out, args.version_label or f"src.{source_hash()}", args.runtime_only, args.torch_lock)
 
 
 if __name__ == "__main__":

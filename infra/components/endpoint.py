@@ -1,20 +1,31 @@
 """Endpoint: the application load balancer in front of the fleet, and who may talk to whom.
 
 Clients reach the load balancer on 443 (and 80, which only redirects to 443), or on 80 alone when the
-stack says plain HTTP explicitly. The instances accept the runtime port from the load balancer's
-security group and from nothing else; nobody gets SSH (Session Manager replaces it). The target
-group checks /health/ready, so an instance that loads, drains or failed gets no traffic, and the
-auto scaling group replaces one that stays unhealthy.
+stack says plain HTTP explicitly. The serving listener forwards an allow-list of paths (the OpenAI API
+under /v1/ and readiness); anything else, /metrics, /openapi.json, /docs and /admin among them, gets
+the runtime's own 404 envelope from the load balancer and never reaches an instance. The instances
+accept the runtime port from the load balancer's security group and from nothing else; nobody gets
+SSH (Session Manager replaces it). The target group checks /health/ready, so an instance that loads,
+drains or failed gets no traffic, and the auto scaling group replaces one that stays unhealthy.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
+from model_runtime.server.errors import path_not_found
+
 HEALTH_PATH = "/health/ready"
+# ALB path patterns: case-sensitive globs (`*` any characters, `?` one) over the path, never the query
+# string. AWS does not say whether the ALB decodes %XX or resolves `..` first; it need not matter: the
+# runtime routes the decoded path exactly, so /v1/../metrics and /v1/%2e%2e/metrics, if forwarded,
+# get its 404 (tests/integration/test_cloud_alb_paths.py tries every reading).
+FORWARDED_PATHS = ("/v1/*", HEALTH_PATH)
+NOT_FOUND = path_not_found()
 
 
 @dataclass
@@ -113,7 +124,7 @@ class Endpoint(pulumi.ComponentResource):
             target_type="instance",
             # A generation costs the replica more than a request does: send to the least busy one.
             load_balancing_algorithm_type="least_outstanding_requests",
-            # Long enough for the runtime's drain (its shutdown grace) once the group removes an instance.
+            # Long enough for the longest request an instance may be serving when the group removes it.
             deregistration_delay=args.deregistration_delay_s,
             health_check={
                 "enabled": True,
@@ -139,16 +150,25 @@ class Endpoint(pulumi.ComponentResource):
             enable_deletion_protection=args.deletion_protection,
             opts=child,
         )
-        forward = [{"type": "forward", "target_group_arn": target_group.arn}]
+        not_found = [
+            {
+                "type": "fixed-response",
+                "fixed_response": {
+                    "content_type": "application/json",
+                    "message_body": json.dumps(NOT_FOUND.body()),
+                    "status_code": str(NOT_FOUND.status),
+                },
+            }
+        ]
         if https:
-            aws.lb.Listener(
+            serving = aws.lb.Listener(
                 f"{name}-https",
                 load_balancer_arn=balancer.arn,
                 port=443,
                 protocol="HTTPS",
                 ssl_policy=args.ssl_policy,
                 certificate_arn=args.certificate_arn,
-                default_actions=forward,
+                default_actions=not_found,
                 opts=child,
             )
             aws.lb.Listener(
@@ -165,14 +185,22 @@ class Endpoint(pulumi.ComponentResource):
                 opts=child,
             )
         else:
-            aws.lb.Listener(
+            serving = aws.lb.Listener(
                 f"{name}-http",
                 load_balancer_arn=balancer.arn,
                 port=80,
                 protocol="HTTP",
-                default_actions=forward,
+                default_actions=not_found,
                 opts=child,
             )
+        aws.lb.ListenerRule(
+            f"{name}-forward-api",
+            listener_arn=serving.arn,
+            priority=100,
+            conditions=[{"path_pattern": {"values": list(FORWARDED_PATHS)}}],
+            actions=[{"type": "forward", "target_group_arn": target_group.arn}],
+            opts=child,
+        )
 
         scheme = "https" if https else "http"
         host = pulumi.Output.from_input(args.domain_name) if args.domain_name else balancer.dns_name

@@ -9,14 +9,27 @@ stack) is never reported as a violation: the checks run again, with the values, 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Only the load balancer's listeners may be reachable from anywhere.
-WORLD = frozenset({"0.0.0.0/0", "::/0"})
+# Only the load balancer's listeners may be reachable from the internet. Every other port admits
+# private address space only: a source network holding any other address is "world-open", whatever
+# its spelling (0.0.0.0/0, 0.0.0.0/00, 0::/0, 0.0.0.0/1 + 128.0.0.0/1) or size (an office's /32
+# too: admin access goes through Session Manager, not through a hole to one public address).
 PUBLIC_PORTS = frozenset({80, 443})
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # RFC 6598 shared space, which VPCs may use
+        "fc00::/7",  # IPv6 unique local
+    )
+)
 KNOWN_PORTS = {22: "SSH", 3389: "RDP", 5985: "WinRM", 5986: "WinRM", 8101: "the runtime", 9001: "supervisord"}
 HEALTH_PATH = "/health/ready"
 
@@ -28,6 +41,7 @@ INSTANCE = "aws:ec2/instance:Instance"
 VOLUME = "aws:ebs/volume:Volume"
 GROUP = "aws:autoscaling/group:Group"
 SUBNET = "aws:ec2/subnet:Subnet"
+LISTENERS = frozenset({"aws:lb/listener:Listener", "aws:alb/listener:Listener"})
 TARGET_GROUPS = frozenset({"aws:lb/targetGroup:TargetGroup", "aws:alb/targetGroup:TargetGroup"})
 BUCKETS = frozenset({"aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"})
 BUCKET_ENCRYPTION = frozenset(
@@ -89,6 +103,8 @@ class StackRule:
 def get(value: Any, *path: str | int) -> Any:
     """value[path...], None when absent, UNKNOWN when not known yet. The policy pack's property
     proxy raises its own error on an unknown value: anything raised on access means unknown."""
+    if value is UNKNOWN:
+        return UNKNOWN
     for step in path:
         try:
             if isinstance(step, int):
@@ -107,8 +123,10 @@ def get(value: Any, *path: str | int) -> Any:
 
 
 def items(value: Any) -> list[Any]:
-    """A list property as a list (absent or unknown: empty)."""
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    """A list property as a list (absent or unknown: empty; an element not known yet: UNKNOWN)."""
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        return []
+    return [get(value, index) for index in range(len(value))]
 
 
 def truthy(value: Any) -> bool | None:
@@ -135,23 +153,39 @@ def _describe_ports(protocol: str, low: int | None, high: int | None) -> str:
     return f"ports {low}-{high}" + (f", including {', '.join(named)}" if named else "")
 
 
+def _public_source(cidr: Any) -> str | None:
+    """Why a rule's source reaches beyond private address space (None when it does not, or is not
+    known yet). Containment, not spelling: the network as AWS reads it must lie inside a private one."""
+    if cidr is None or cidr is UNKNOWN:
+        return None
+    try:
+        network = ipaddress.ip_network(str(cidr).strip(), strict=False)
+    except ValueError:
+        return "not a network, so counted as public"
+    if any(network.version == p.version and network.subnet_of(p) for p in PRIVATE_NETWORKS):
+        return None
+    return "holds public addresses" if str(network) == cidr else f"{network}, holds public addresses"
+
+
 def _world_open(protocol: Any, low: Any, high: Any, cidrs: Iterable[Any]) -> Iterator[str]:
     protocol = str(protocol if protocol not in (None, UNKNOWN) else "tcp").lower()
     low_n, high_n = _number(low), _number(high)
+    everything = protocol in ("-1", "all")
+    if (
+        not everything
+        and low_n is not None
+        and high_n is not None
+        and set(range(low_n, high_n + 1)) <= PUBLIC_PORTS
+    ):
+        return
     for cidr in cidrs:
-        if cidr not in WORLD:
-            continue
-        everything = protocol in ("-1", "all")
-        if (
-            not everything
-            and low_n is not None
-            and high_n is not None
-            and set(range(low_n, high_n + 1)) <= PUBLIC_PORTS
-        ):
+        public = _public_source(cidr)
+        if public is None:
             continue
         yield (
-            f"ingress from {cidr} to {_describe_ports(protocol, None if everything else low_n, high_n)}: "
-            "only 80 and 443 (the load balancer's listeners) may be open to the world"
+            f"ingress from {cidr} ({public}) to "
+            f"{_describe_ports(protocol, None if everything else low_n, high_n)}: only 80 and 443 (the load "
+            "balancer's listeners) may be open beyond private networks"
         )
 
 
@@ -250,10 +284,24 @@ def health_check_on_ready(resource: Resource) -> Iterator[str]:
         yield f"the health check is on {shown}, not {HEALTH_PATH} (liveness is not readiness)"
 
 
+def listener_forwards_no_default(resource: Resource) -> Iterator[str]:
+    """A listener whose default action forwards sends every path to the runtime (/metrics,
+    /openapi.json, /admin...): the default answers 404, listener rules forward an allow-list."""
+    actions = get(resource.props, "defaultActions")
+    if actions is UNKNOWN:
+        return
+    for index, action in enumerate(items(actions)):
+        if get(action, "type") == "forward":
+            yield (
+                f"default action {index} forwards every path to the targets: make the default a "
+                "fixed-response 404 and forward an allow-list of paths with listener rules"
+            )
+
+
 RESOURCE_RULES: tuple[ResourceRule, ...] = (
     ResourceRule(
         "no-world-open-admin-or-runtime-port",
-        "No security group opens SSH, RDP, the runtime port or any port but 80/443 to the world",
+        "No security group opens SSH, RDP, the runtime port or any port but 80/443 beyond private networks",
         frozenset({SECURITY_GROUP, SECURITY_GROUP_RULE, INGRESS_RULE}),
         no_world_open_ports,
     ),
@@ -292,6 +340,12 @@ RESOURCE_RULES: tuple[ResourceRule, ...] = (
         f"Target groups health-check {HEALTH_PATH}",
         TARGET_GROUPS,
         health_check_on_ready,
+    ),
+    ResourceRule(
+        "listener-forwards-no-default",
+        "Load balancer listeners answer 404 by default and forward only the paths their rules allow",
+        LISTENERS,
+        listener_forwards_no_default,
     ),
 )
 

@@ -10,7 +10,8 @@ model_runtime. Each step is idempotent: run again by hand after a failure, it re
   python3 boot.py /etc/model-runtime/boot/boot.json
 
 1. Fetch s3://BUCKET/BUNDLE_KEY (infra/bundle.py: the runtime wheelhouse, Ansible's wheels and the
-   roles), check its sha256 when the stack pins one, unpack it under opt/model-runtime/bundles/.
+   roles), check it against the sha256 the stack pins, unpack it under opt/model-runtime/bundles/, and
+   check the model reference with the registry's own rules (taken from the bundle's runtime wheel).
 2. Make Ansible's venv from the bundle's wheels, with no index.
 3. Read the API keys from SSM Parameter Store (a SecureString) or Secrets Manager with the instance's
    role, into a root-only vars file: never in user data, on a command line or in the environment.
@@ -76,6 +77,12 @@ class Boot:
 
     # --- 1. the bundle ------------------------------------------------------------------------------
     def fetch_bundle(self, s3: Any) -> Path:
+        expected = self.config.get("bundle_sha256")
+        if not expected:
+            raise BootError(
+                "bundle_sha256: the stack pins no sha256 of the runtime bundle, and an unchecked bundle "
+                "is refused (set runtimeBundleSha256: infra/bundle.py prints it)"
+            )
         bundles = self.root / "opt/model-runtime/bundles"
         target = bundles / self.version
         if (target / BUNDLE_MANIFEST).is_file():
@@ -92,12 +99,10 @@ class Boot:
             self.config["bundle_key"],
             str(archive),
         )
-        expected = self.config.get("bundle_sha256")
-        if expected:
-            actual = sha256_file(archive)
-            if actual != expected:
-                archive.unlink()
-                raise BootError(f"{source} has sha256 {actual}, the stack pins {expected}: refused")
+        actual = sha256_file(archive)
+        if actual != expected:
+            archive.unlink()
+            raise BootError(f"{source} has sha256 {actual}, the stack pins {expected}: refused")
         staging = bundles / f".{self.version}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         with tarfile.open(archive) as tar:
@@ -111,6 +116,26 @@ class Boot:
         os.replace(staging, target)
         self.log(f"bundle {self.version} unpacked at {target}")
         return target
+
+    def check_model_ref(self, bundle: Path) -> str:
+        """The model reference, checked with the registry's rules (model_runtime/registry/trust.py,
+        the same code the role's checks run) before anything uses it."""
+        wheels = sorted((bundle / "wheels").glob("model_runtime-*.whl"))
+        if len(wheels) != 1:
+            raise BootError(f"{bundle / 'wheels'} holds {len(wheels)} model_runtime wheels, not one")
+        # Nothing of ours is installed yet, but the runtime wheel is a zip of pure Python that Python
+        # imports from; the trust module needs only the standard library.
+        sys.path.insert(0, str(wheels[0]))
+        try:
+            from model_runtime.registry.trust import UntrustedError, split_ref
+        finally:
+            sys.path.remove(str(wheels[0]))
+        ref = self.config.get("vars", {}).get("model_artifacts_ref")
+        try:
+            split_ref(ref)
+        except UntrustedError as exc:
+            raise BootError(f"model_artifacts_ref: {exc}") from None
+        return str(ref)
 
     def check_python(self, bundle: Path) -> None:
         """The bundle's wheels are built for one Python; a mismatch would only show deep in pip."""
@@ -243,8 +268,9 @@ class Boot:
                 "boto3 is missing: the user data installs python3-boto3 (fleet.bootPackages)"
             ) from None
         session = boto3.session.Session(region_name=str(self.config["region"]))
-        self.log(f"runtime {self.version}, model {self.config['vars'].get('model_artifacts_ref')}")
+        self.log(f"runtime {self.version}")
         bundle = self.fetch_bundle(session.client("s3"))
+        self.log(f"model {self.check_model_ref(bundle)}")
         self.check_python(bundle)
         keys = self.read_api_keys(session)  # before the long installs: a wrong reference fails fast
         venv = self.ansible_venv(bundle)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.registry.registry import RegistryError, parse_ref
 from model_runtime.registry.resolve import PREFIX as REGISTRY_PREFIX
+from model_runtime.registry.trust import NAME_PATTERN, path_problem
 
 SPEC_FILE = "ensemble.json"
 FORMAT = "model-runtime-ensemble/1"
@@ -32,7 +33,7 @@ Combine = Literal["probabilities", "logprobs"]
 class MemberSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    name: str = Field(pattern=NAME_PATTERN)
     source: str = Field(description="registry:NAME:VERSION, or a path inside the ensemble folder")
 
     @field_validator("source")
@@ -49,9 +50,9 @@ class MemberSpec(BaseModel):
                     "alias, so that an ensemble version names exact members"
                 )
             return source
-        path = PurePosixPath(source)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            raise ValueError(f"{source}: a member path must lie inside the ensemble folder")
+        problem = path_problem(source, "source")
+        if problem:
+            raise ValueError(f"{problem}: a member path must lie inside the ensemble folder")
         return source
 
     @property

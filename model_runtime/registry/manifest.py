@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from model_runtime.errors import OperatorError
+from model_runtime.registry.trust import MANIFEST, VERIFIED, UntrustedError, check_manifest
 
-MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
-_SKIPPED = {MANIFEST, ".verified"}
+_SKIPPED = {MANIFEST, VERIFIED}
 
 
 class ManifestError(OperatorError, ValueError):
@@ -33,8 +33,14 @@ def sha256_file(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
+    """The model's files: not the folder's own marks, nothing hidden (nor under a hidden folder, such
+    as a download tool's .cache/), which is also what a manifest read back may list."""
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.name not in _SKIPPED and not p.name.startswith(".")
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name not in _SKIPPED
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
@@ -54,7 +60,7 @@ def build_manifest(folder: Path, name: str, version: str | None = None, **extra:
     if not files:
         raise ManifestError(f"{folder}: no files to describe")
     digest = content_digest(files)
-    return {
+    manifest = {
         "name": name,
         "version": version or digest[:12],
         "digest": digest,
@@ -62,6 +68,16 @@ def build_manifest(folder: Path, name: str, version: str | None = None, **extra:
         "files": files,
         **extra,
     }
+    return checked(manifest, str(folder))  # what every reader will refuse is refused here first
+
+
+def checked(manifest: object, where: str) -> dict[str, Any]:
+    """The manifest, when its names and every entry's path, size and sha256 are acceptable
+    (registry/trust.py); else ManifestError naming where it was read and every problem."""
+    try:
+        return check_manifest(manifest, where)
+    except UntrustedError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
@@ -72,17 +88,23 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except OSError as exc:
         raise ManifestError(f"{folder}: no readable {MANIFEST} ({exc})") from exc
     except ValueError as exc:
         raise ManifestError(f"{folder / MANIFEST}: not valid JSON ({exc})") from exc
+    return checked(manifest, str(folder / MANIFEST))
 
 
 def verify_folder(folder: Path, manifest: dict[str, Any]) -> None:
-    """Raise ManifestError naming the first file that is missing, of the wrong size, or corrupt."""
+    """Raise ManifestError naming the first file that is missing, of the wrong size, or corrupt, or
+    that lies outside the folder once symlinks are followed (the folder may predate this manifest)."""
+    checked(manifest, f"the manifest for {folder}")
+    inside = folder.resolve()
     for entry in manifest["files"]:
         path = folder / entry["path"]
+        if not path.resolve().is_relative_to(inside):
+            raise ManifestError(f"{entry['path']}: resolves to {path.resolve()}, outside {folder}")
         if not path.is_file():
             raise ManifestError(f"{entry['path']}: missing")
         if path.stat().st_size != entry["size"]:

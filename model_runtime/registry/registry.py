@@ -9,18 +9,24 @@ Layout under the store's root, per model name:
 A version is immutable and named by the time of its push plus a random suffix, so two concurrent
 pushes of the same name land as two versions. An alias moves by rewriting its one object, so a reader
 sees the old target or the new one, never half a promotion; its history makes rollback one step back.
+Two writers of one alias cannot lose each other's move: each rewrite is conditional on the object
+being the one it read (registry/stores.py), and the loser reads again and retries.
 References: NAME (the `stable` alias), NAME@ALIAS, NAME:VERSION.
+
+Whoever can write to the store is not trusted with the hosts: every name, version, alias record and
+manifest read from it is checked (registry/trust.py) before a file is written or a URL handed out.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import random
 import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +35,22 @@ from model_runtime.registry.manifest import (
     MANIFEST,
     ManifestError,
     build_manifest,
+    checked,
     verify_folder,
     write_manifest,
 )
 from model_runtime.registry.stores import Store, open_store
+from model_runtime.registry.trust import (
+    UntrustedError,
+    alias_problems,
+    check_name,
+    name_problem,
+    split_ref,
+)
 
-DEFAULT_ALIAS = "stable"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Attempts at moving an alias while other writers move it too (each attempt one read and one
+# conditional write); a writer that loses them all gets a RegistryError, never a lost move.
+ALIAS_WRITE_ATTEMPTS = 20
 
 
 class RegistryError(OperatorError, ValueError):
@@ -52,17 +67,19 @@ def new_version() -> str:
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     """NAME, NAME@ALIAS or NAME:VERSION -> (name, version, alias)."""
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = None
-    elif ":" in ref:
-        name, version = ref.split(":", 1)
-        alias = None
-    else:
-        name, version, alias = ref, None, DEFAULT_ALIAS
-    if not _NAME.match(name) or (alias is not None and not _NAME.match(alias)) or version == "":
-        raise RegistryError(f"{ref!r}: not a reference (NAME, NAME@ALIAS or NAME:VERSION)")
-    return name, version, alias
+    try:
+        return split_ref(ref)
+    except UntrustedError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _names(**named: str) -> None:
+    """RegistryError naming the first argument that is not a name (they become keys and paths)."""
+    for what, value in named.items():
+        try:
+            check_name(value, what)
+        except UntrustedError as exc:
+            raise RegistryError(str(exc)) from None
 
 
 class Registry:
@@ -75,31 +92,56 @@ class Registry:
 
     # --- reading ------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return self.store.children("")
+        return [n for n in self.store.children("") if name_problem(n, "name") is None]
 
     def versions(self, name: str) -> list[str]:
-        """Committed versions (their manifest exists), oldest first."""
+        """Committed versions (their manifest exists), oldest first. A listed name that is not a
+        version name was never pushed by a registry: it is not a version."""
+        _names(name=name)
         return [
             v
             for v in self.store.children(f"{name}/versions")
-            if self.store.exists(f"{name}/versions/{v}/{MANIFEST}")
+            if name_problem(v, "version") is None and self.store.exists(f"{name}/versions/{v}/{MANIFEST}")
         ]
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
+        """The version's manifest, refused unless it is well formed and names this very version."""
+        _names(name=name, version=version)
+        key = f"{name}/versions/{version}/{MANIFEST}"
         try:
-            return json.loads(self.store.read_bytes(f"{name}/versions/{version}/{MANIFEST}"))
+            data = self.store.read_bytes(key)
         except KeyError:
             raise RegistryError(f"{name}:{version}: no such version") from None
+        where = f"{self.store.url}: {key}"
+        try:
+            manifest = checked(_json(data, where), where)
+        except ManifestError as exc:
+            raise RegistryError(str(exc)) from None
+        if (manifest["name"], manifest["version"]) != (name, version):
+            raise RegistryError(f"{where}: refused: it describes {manifest['name']}:{manifest['version']}")
+        return manifest
 
     def aliases(self, name: str) -> dict[str, dict[str, Any]]:
-        return {a.removesuffix(".json"): self._alias(name, a.removesuffix(".json")) or {}
-                for a in self.store.children(f"{name}/aliases") if a.endswith(".json")}  # fmt: skip
+        _names(name=name)
+        objects = self.store.children(f"{name}/aliases")
+        listed = [a.removesuffix(".json") for a in objects if a.endswith(".json")]
+        return {a: self._alias(name, a) or {} for a in listed if name_problem(a, "alias") is None}
 
     def _alias(self, name: str, alias: str) -> dict[str, Any] | None:
+        return self._alias_tagged(name, alias)[0]
+
+    def _alias_tagged(self, name: str, alias: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The alias record (None when there is none) and the tag a conditional rewrite needs."""
+        key = f"{name}/aliases/{alias}.json"
         try:
-            return json.loads(self.store.read_bytes(f"{name}/aliases/{alias}.json"))
+            data, tag = self.store.read_tagged(key)
         except KeyError:
-            return None
+            return None, None
+        record = _json(data, f"{self.store.url}: {key}")
+        problems = alias_problems(record)
+        if problems:
+            raise RegistryError(f"{self.store.url}: {key}: refused: " + "; ".join(problems))
+        return record, tag
 
     def resolve(self, ref: str) -> tuple[str, str]:
         """A reference -> (name, version) of a committed version."""
@@ -116,8 +158,7 @@ class Registry:
     def push(self, name: str, folder: Path, **record: Any) -> dict[str, Any]:
         """Upload folder as a new immutable version of name; extra fields (source, lineage, checks,
         format) go into its manifest. The manifest is written last."""
-        if not _NAME.match(name):
-            raise RegistryError(f"{name!r}: names are letters, digits, '.', '_' and '-'")
+        _names(name=name)
         version = new_version()
         manifest = build_manifest(folder, name, version, **record)
         prefix = f"{name}/versions/{version}"
@@ -127,39 +168,55 @@ class Registry:
         return manifest
 
     def promote(self, name: str, version: str, alias: str) -> dict[str, Any]:
-        if not _NAME.match(alias):
-            raise RegistryError(f"{alias!r}: not an alias name")
+        _names(name=name, version=version, alias=alias)
         self.manifest(name, version)
-        current = self._alias(name, alias)
-        history = list(current["history"]) if current else []
-        if current and current["version"] != version:
-            history.append(current["version"])
-        record = {
-            "version": version,
-            "history": history,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.store.write_bytes(f"{name}/aliases/{alias}.json", json.dumps(record, indent=2).encode())
-        return record
+
+        def moved(current: dict[str, Any] | None) -> dict[str, Any]:
+            history = list(current["history"]) if current else []
+            if current and current["version"] != version:
+                history.append(current["version"])
+            return {"version": version, "history": history, "updated": _now()}
+
+        return self._move_alias(name, alias, moved)
 
     def rollback(self, name: str, alias: str) -> dict[str, Any]:
         """The alias returns to the version it pointed to before; that step leaves the history."""
-        current = self._alias(name, alias)
-        if not current or not current["history"]:
-            raise RegistryError(f"{name}@{alias}: nothing to roll back to")
-        history = list(current["history"])
-        previous = history.pop()
-        record = {
-            "version": previous,
-            "history": history,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "rolled_back_from": current["version"],
-        }
-        self.store.write_bytes(f"{name}/aliases/{alias}.json", json.dumps(record, indent=2).encode())
-        return record
+        _names(name=name, alias=alias)
+
+        def back(current: dict[str, Any] | None) -> dict[str, Any]:
+            if not current or not current["history"]:
+                raise RegistryError(f"{name}@{alias}: nothing to roll back to")
+            history = list(current["history"])
+            previous = history.pop()
+            return {
+                "version": previous,
+                "history": history,
+                "updated": _now(),
+                "rolled_back_from": current["version"],
+            }
+
+        return self._move_alias(name, alias, back)
+
+    def _move_alias(
+        self, name: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Read the alias, compute its next record, write it only if nobody wrote in between; on a
+        lost race read again, a bounded number of times, after a short random pause."""
+        key = f"{name}/aliases/{alias}.json"
+        for attempt in range(ALIAS_WRITE_ATTEMPTS):
+            current, tag = self._alias_tagged(name, alias)
+            record = change(current)
+            if self.store.write_if(key, json.dumps(record, indent=2).encode(), tag):
+                return record
+            time.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # noqa: S311 (spreading retries only)
+        raise RegistryError(
+            f"{name}@{alias}: other writers moved the alias during each of {ALIAS_WRITE_ATTEMPTS} "
+            "attempts; nothing was changed by this one, try again"
+        )
 
     def gc(self, name: str, keep: int) -> list[str]:
         """Delete all but the newest `keep` versions, never one an alias points to or can roll back to."""
+        _names(name=name)
         protected = set()
         for record in self.aliases(name).values():
             protected.add(record.get("version"))
@@ -190,7 +247,7 @@ class Registry:
         manifest, then renamed. A failed or interrupted pull leaves nothing at dest."""
         name, version = self.resolve(ref)
         manifest = self.manifest(name, version)
-        if dest.exists():
+        if dest.exists():  # a copy pulled before, or anything else: verify_folder follows no link out
             try:
                 verify_folder(dest, manifest)
             except ManifestError as exc:
@@ -215,3 +272,14 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise RegistryError(f"{where}: refused: not valid JSON ({exc})") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from model_runtime.config import ModelSettings, RegistrySettings
 from model_runtime.registry.registry import Registry, RegistryError
+from model_runtime.registry.trust import UntrustedError, check_name
 
 PREFIX = "registry:"
 
@@ -19,7 +20,12 @@ def materialize(model: ModelSettings, registry: RegistrySettings) -> ModelSettin
         raise RegistryError(f"model.path is {model.path}, but registry.url is not set")
     store = Registry.open(registry.url)
     name, version = store.resolve(model.path.removeprefix(PREFIX))
-    folder = Path(registry.cache_dir).expanduser() / name / version
+    # Both become path components: checked here too, whatever store or alias record produced them.
+    try:
+        parts = (check_name(name, "name"), check_name(version, "version"))
+    except UntrustedError as exc:
+        raise RegistryError(f"{model.path}: {exc}") from None
+    folder = Path(registry.cache_dir).expanduser().joinpath(*parts)
     store.pull(f"{name}:{version}", folder)  # verifies an existing copy instead of downloading again
     return model.model_copy(
         update={

@@ -1,16 +1,21 @@
 """Where registry objects live: a local folder or S3 (and anything speaking its API: MinIO, moto).
 
 Both stores offer the same few operations on keys ("name/versions/v1/manifest.json"). A write of a
-small object is atomic in both (a rename locally, a single PUT on S3), which is what aliases rely on.
+small object is atomic in both (a rename locally, a single PUT on S3), which is what aliases rely on,
+and can be made conditional on the object being unchanged since it was read (a lock file and a
+comparison locally, If-Match / If-None-Match on S3), so that two writers cannot lose each other's write.
 Nothing depends on listing being up to date: a version exists once its manifest can be read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +29,10 @@ class StoreError(OperatorError, RuntimeError):
     """A store that cannot be reached or refused an operation; the message names the key."""
 
 
+class _ConditionFailed(Exception):
+    """S3 refused a conditional write: the object changed since it was read."""
+
+
 class Store(Protocol):
     url: str
 
@@ -33,6 +42,15 @@ class Store(Protocol):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Replace the object atomically: a reader sees the old bytes or the new, never a mix."""
+        ...
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and a tag of this very content, for write_if; KeyError when absent."""
+        ...
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Replace the object atomically only if it is still the one read_tagged tagged `tag` (None: only
+        if it does not exist); False, and nothing written, when another writer got there first."""
         ...
 
     def upload(self, key: str, source: Path) -> None: ...
@@ -88,6 +106,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.read_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(path):
+            try:
+                current: str | None = self.read_tagged(key)[1]
+            except KeyError:
+                current = None
+            if current != tag:
+                return False
+            self.write_bytes(key, data)
+        return True
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path) -> Iterator[None]:
+        """An exclusive lock on path's hidden lock file, between threads and processes alike (each
+        holder opens the file itself: flock locks belong to one open file)."""
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def upload(self, key: str, source: Path) -> None:
         path = self._path(key)
@@ -159,6 +206,8 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise KeyError(key) from None
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise _ConditionFailed(key) from None
             raise StoreError(f"s3://{self.bucket}/{self._key(key)}: {what} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"s3://{self.bucket}/{self._key(key)}: {what} failed: {exc}") from exc
@@ -169,6 +218,22 @@ class S3Store:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        reply = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return reply["Body"].read(), reply["ETag"]
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        # S3's conditional writes: If-Match the ETag read, or If-None-Match * to create only.
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        try:
+            self._call(
+                "write", key, self.client.put_object,
+                Bucket=self.bucket, Key=self._key(key), Body=data, **condition,
+            )  # fmt: skip
+        except (_ConditionFailed, KeyError):  # changed, or deleted, since it was read
+            return False
+        return True
 
     def upload(self, key: str, source: Path) -> None:
         self._call(

@@ -36,7 +36,7 @@ from model_runtime.scheduler.events import (
     deliver_here,
 )
 from model_runtime.scheduler.params import SamplingParams
-from model_runtime.scheduler.sampling import SampleRow, make_generator, sample
+from model_runtime.scheduler.sampling import LogitBias, SampleRow, make_bias, make_generator, sample
 from model_runtime.scheduler.text import IncrementalText
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class _Seq:
     text: IncrementalText
     arrival: float
     generator: torch.Generator | None
+    bias: LogitBias | None
     generated: int = 0
     last_token: int = -1
     finish_reason: str | None = None
@@ -100,6 +101,7 @@ class Scheduler:
                 text=IncrementalText(self.engine.tokenizer, prompt, p.stop),
                 arrival=now,
                 generator=make_generator(p.seed),
+                bias=make_bias(p.logit_bias),
             )
             for i, p in enumerate(params)
         ]
@@ -225,7 +227,8 @@ class Scheduler:
                 s.params,
                 s.generator,
                 s.params.ignore_eos or s.generated < s.params.min_tokens,
-                s.output if s.params.adjusts_logits else (),
+                s.bias,
+                s.output if s.params.penalizes else (),
             )
             for s in seqs
         ]
@@ -235,7 +238,7 @@ class Scheduler:
         for seq, token, lp in zip(seqs, tokens, logprobs, strict=True):
             seq.last_token = token
             seq.generated += 1
-            if seq.params.adjusts_logits:
+            if seq.params.penalizes:
                 seq.output.append(token)
             if lp is not None:
                 seq.pending.append(lp)

@@ -52,6 +52,18 @@ class EngineError(RuntimeError):
     """The engine could not run a step (out of memory, a broken model, its process died)."""
 
 
+class EngineStalled(EngineError):
+    """The engine completed no step for too long while work waited (a wedged device or process): the
+    HTTP process ends what was in flight with this, then itself, to be restarted."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the engine completed no step for {seconds:.0f}s; this replica restarts")
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple:
+        return (EngineStalled, (self.seconds,))
+
+
 @dataclass(frozen=True)
 class TokenLogprobs:
     token: int

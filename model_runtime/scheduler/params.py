@@ -29,5 +29,6 @@ class SamplingParams:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
 
     @property
-    def adjusts_logits(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+    def penalizes(self) -> bool:
+        """Whether the tokens generated so far change the logits (so the scheduler keeps them)."""
+        return bool(self.presence_penalty or self.frequency_penalty)

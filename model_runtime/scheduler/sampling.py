@@ -1,7 +1,9 @@
 """Choosing the next token from logits: the one place in the runtime that samples.
 
 Works on a whole batch at once. Every sequence has its own random generator, seeded from the request's
-`seed` when given, so a seeded request draws the same numbers whatever else shares its batch.
+`seed` when given, so a seeded request draws the same numbers whatever else shares its batch. A
+sequence's logit bias is turned into tensors once, when it is submitted, and added in one operation a
+step, so its cost per token does not grow with the number of entries.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ class SampleRow:
     params: SamplingParams
     generator: torch.Generator | None
     suppress_eos: bool
+    bias: LogitBias | None  # make_bias(params.logit_bias), kept by the sequence
     output: Sequence[int] = ()  # tokens generated so far; read only when penalties are set
+
+
+@dataclass(frozen=True)
+class LogitBias:
+    """A sequence's logit_bias as a sparse row: token ids and what to add to their logits."""
+
+    ids: torch.Tensor  # int64 [entries]
+    values: torch.Tensor  # float32 [entries]
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:
@@ -31,6 +42,14 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def make_bias(logit_bias: Sequence[tuple[int, float]]) -> LogitBias | None:
+    """Built once per sequence, so that a step adds it without looking at the entries again."""
+    if not logit_bias:
+        return None
+    ids, values = zip(*logit_bias, strict=True)
+    return LogitBias(torch.tensor(ids, dtype=torch.int64), torch.tensor(values, dtype=torch.float32))
 
 
 def _uniform(rows: Sequence[SampleRow]) -> torch.Tensor:
@@ -45,7 +64,7 @@ def sample(
     rows that asked for them)."""
     logits = logits.to("cpu", torch.float32)
     suppress = [i for i, row in enumerate(rows) if row.suppress_eos]
-    adjusted = [i for i, row in enumerate(rows) if row.params.adjusts_logits]
+    adjusted = [i for i, row in enumerate(rows) if row.output or row.bias is not None]
     if (suppress and eos_ids) or adjusted:
         logits = logits.clone()
     if suppress and eos_ids:
@@ -73,13 +92,13 @@ def sample(
 def _adjust(row_logits: torch.Tensor, row: SampleRow) -> None:
     """OpenAI's penalties (subtract per occurrence and once for presence) and logit bias, in place."""
     params = row.params
-    if row.output and (params.presence_penalty or params.frequency_penalty):
+    if row.output and params.penalizes:
         counts = torch.bincount(torch.tensor(row.output), minlength=row_logits.shape[0])[
             : row_logits.shape[0]
         ]
         row_logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
-    for token, bias in params.logit_bias:
-        row_logits[token] += bias
+    if row.bias is not None:
+        row_logits.index_add_(0, row.bias.ids, row.bias.values)
 
 
 def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,6 +32,7 @@ from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.scheduler.events import (
     Dispatch,
     EngineError,
+    EngineStalled,
     Event,
     Handle,
     QueueFull,
@@ -228,9 +229,12 @@ class EngineProcess:
         self._requests: dict[int, _Request] = {}
         self._lock = threading.Lock()
         self._outstanding = 0  # sequences submitted and not finished: the queue bound's measure
+        self._preparing = 0  # requests being prepared for this engine (tokenizing), not yet submitted
         self._load = (0, 0)
         self._step_seconds = 0.05
+        # The last step, or the moment work arrived at an idle engine: what a stall is measured from.
         self._last_step = time.monotonic()
+        self._stall: EngineStalled | None = None  # set when the watch ended a stalled engine
         self._dispatch: Dispatch | None = None
         self._reader: threading.Thread | None = None
         self._send_lock = threading.Lock()
@@ -260,6 +264,7 @@ class EngineProcess:
         self.info = message[1]
         self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
         self._reader.start()
+        threading.Thread(target=self._watch, name="engine-watch", daemon=True).start()
         return self.info
 
     # --- the Scheduler surface ---------------------------------------------------------------------------
@@ -273,6 +278,10 @@ class EngineProcess:
                 raise QueueFull(self.retry_after())
             key = next(self._keys)
             self._requests[key] = _Request(sink, len(params))
+            if self._outstanding == 0:
+                # An idle engine has no step to show: progress is due from now. (This also keeps the
+                # idle time out of the step time that Retry-After is estimated from.)
+                self._last_step = time.monotonic()
             self._outstanding += len(params)
         self.observer.count_tokens(len(prompt), 0)
         self._send(("submit", key, list(prompt), list(params)))
@@ -298,8 +307,25 @@ class EngineProcess:
 
     @property
     def outstanding(self) -> int:
-        """Sequences submitted and not finished (what a retiring model waits for)."""
-        return self._outstanding
+        """What a retiring model waits for: sequences submitted and not finished, and requests being
+        prepared for it."""
+        return self._outstanding + self._preparing
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Count a request as outstanding while it is prepared (tokenized, off the event loop) for
+        this engine, so that a hot swap does not retire the engine under it."""
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+
+    def stalled_for(self) -> float:
+        """Seconds the engine has completed no step while work waits for it; 0 when it has none."""
+        if self._outstanding == 0:
+            return 0.0
+        return time.monotonic() - self._last_step
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the engine: whatever still runs ends with SchedulerClosed, then the process exits."""
@@ -326,14 +352,44 @@ class EngineProcess:
                 break
             self._on_step(message[1], message[2], message[3])
         died = not self._stopping.is_set()
-        error = EngineError("the engine process ended unexpectedly") if died else SchedulerClosed()
+        error: Exception = SchedulerClosed()
+        if died:
+            error = self._stall or EngineError("the engine process ended unexpectedly")
         self._fail_outstanding(error)
         if died:
             self._stopped.set()
             self._process.join(5)
-            log.error("engine process ended unexpectedly", extra={"exit_code": self._process.exitcode})
+            reason = str(self._stall) if self._stall else f"exit code {self._process.exitcode}"
+            log.error("engine process ended unexpectedly", extra={"reason": reason})
             if self.on_death is not None:
-                self.on_death(f"engine process ended (exit code {self._process.exitcode})")
+                self.on_death(f"engine process ended ({reason})")
+
+    def _watch(self) -> None:
+        """Watches for a wedged engine (a hung device, a stopped process), which the engine loop's own
+        deadlines cannot see: past engine_stall_s without a step while work waits, readiness turns 503
+        (RuntimeState.readiness asks stalled_for); past engine_stall_exit_s the engine is killed, so that
+        the reader ends what was in flight with EngineStalled and on_death ends this process."""
+        settings = self.spec.scheduler
+        interval = min(1.0, settings.engine_stall_s / 4)
+        warned = False
+        while not self._stopped.wait(interval):
+            stalled = self.stalled_for()
+            if stalled <= settings.engine_stall_s or self._stopping.is_set():
+                warned = False
+                continue
+            if not warned:
+                log.warning(
+                    "the engine has completed no step while work waits; readiness is 503",
+                    extra={"seconds": round(stalled, 1), "outstanding": self._outstanding},
+                )
+                warned = True
+            if stalled > settings.engine_stall_exit_s:
+                log.error(
+                    "the engine is stalled; ending it and this process", extra={"seconds": round(stalled, 1)}
+                )
+                self._stall = EngineStalled(stalled)
+                self._process.kill()  # works on a stopped process too; the reader then sees the pipe close
+                return
 
     def _on_step(self, waiting: int, running: int, keyed: list[tuple[int, list[Event]]]) -> None:
         now = time.monotonic()

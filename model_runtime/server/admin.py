@@ -1,20 +1,14 @@
-"""The admin endpoints: off unless admin keys are configured, their own keys, never exposed through
-the load balancer (the loadbalancer role denies /admin)."""
+"""The admin endpoints: off unless admin keys are configured, their own keys (checked by the edge
+middleware), and served on the internal listener only, never on the one clients reach."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from model_runtime.server.auth import check_bearer
 from model_runtime.server.errors import APIError
 
-
-def require_admin_key(request: Request) -> None:
-    check_bearer(request, request.app.state.runtime.admin_keys)
-
-
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)], include_in_schema=False)
+router = APIRouter(prefix="/admin", include_in_schema=False)
 
 
 class SwapRequest(BaseModel):

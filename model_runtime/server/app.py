@@ -1,5 +1,8 @@
 """The FastAPI application: routers, auth, error handlers, the edge middleware, and model loading in
-the background so that liveness answers while the model loads and readiness tells when it is done."""
+the background so that liveness answers while the model loads and readiness tells when it is done.
+
+One app answers on two listeners (run.py binds both): the public one serves /v1 and /health, the
+internal one /metrics, /admin, /openapi.json and /health; the edge middleware tells them apart."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from fastapi import Depends, FastAPI
 from model_runtime import __version__
 from model_runtime.config import ModelSettings
 from model_runtime.server import admin, chat, completions, health, metrics, models
-from model_runtime.server.auth import require_api_key
+from model_runtime.server.auth import declare_api_key
 from model_runtime.server.errors import install_error_handlers
 from model_runtime.server.middleware import EdgeMiddleware
 from model_runtime.server.openapi import (
@@ -34,8 +37,8 @@ async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str],
     try:
         served = await asyncio.to_thread(loader, runtime.settings.model)
     except Exception as exc:
-        log.exception("model failed to load")
-        runtime.set_phase("failed", f"{type(exc).__name__}: {exc}")
+        log.exception("model failed to load")  # the reason goes to the log; readiness says "failed"
+        runtime.set_phase("failed")
         on_fatal(str(exc))
         return
     runtime.models[served.name] = served
@@ -44,7 +47,12 @@ async def _load(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str],
         log.info("ready", extra={"model": served.name, "version": served.version})
 
 
-def create_app(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None]) -> FastAPI:
+def create_app(
+    runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], None], internal_port: int | None = None
+) -> FastAPI:
+    """internal_port: the internal listener's port (see middleware.served_on); None serves every path
+    as the public listener does."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.dispatch = loop_dispatch(asyncio.get_running_loop())
@@ -70,10 +78,10 @@ def create_app(runtime: RuntimeState, loader: Loader, on_fatal: Callable[[str], 
         (chat.router, CHAT_RESPONSES),
         (models.router, MODELS_RESPONSES),
     ):
-        app.include_router(router, dependencies=[Depends(require_api_key)], responses=responses)
+        app.include_router(router, dependencies=[Depends(declare_api_key)], responses=responses)
     if runtime.admin_keys:
         app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.add_middleware(EdgeMiddleware, runtime=runtime)
+    app.add_middleware(EdgeMiddleware, runtime=runtime, internal_port=internal_port)
     return app

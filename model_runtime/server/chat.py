@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from jinja2 import TemplateError
 
+from model_runtime.config import Settings
 from model_runtime.scheduler.events import Event, TokenLogprobs
 from model_runtime.server import voting
 from model_runtime.server.errors import bad_request
@@ -15,6 +16,7 @@ from model_runtime.server.generation import (
     ChoiceResult,
     Generation,
     check_common,
+    check_size,
     resolve_max_tokens,
     respond,
     sampling_params,
@@ -34,12 +36,27 @@ from model_runtime.server.state import ServedModel
 router = APIRouter()
 
 
-def chat_prompt(req: ChatCompletionRequest, served: ServedModel) -> list[int]:
+def check_messages(req: ChatCompletionRequest, served: ServedModel, settings: Settings) -> None:
+    """The cheap checks, before the template is rendered: some messages, no more than the context has
+    tokens (a template gives every message at least its role's marker), characters within the limit."""
     if not req.messages:
         raise bad_request("messages must not be empty", "messages")
-    tokenizer = served.tokenizer
-    if not tokenizer.chat_template:
+    if not served.tokenizer.chat_template:
         raise bad_request(f"{served.name} has no chat template; use /v1/completions", "messages")
+    context = served.info.max_context
+    if len(req.messages) > context:
+        raise bad_request(
+            f"{len(req.messages)} messages cannot fit in this model's context of {context} tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+    check_size(1, sum(len(m.text()) for m in req.messages), req.n, settings, "messages")
+
+
+def chat_prompt(req: ChatCompletionRequest, served: ServedModel) -> list[int]:
+    """Runs on the tokenizing threads (RuntimeState.tokenize): rendering and tokenizing grow with the
+    messages."""
+    tokenizer = served.tokenizer
     # OpenAI's "developer" role is the system role under another name.
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
@@ -135,7 +152,8 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     served = runtime.model(req.model)
     _unsupported(req)
     bias = check_common(req, runtime, served)
-    prompt = chat_prompt(req, served)
+    check_messages(req, served, runtime.settings)
+    prompt = await runtime.tokenize(served, chat_prompt, req, served)
     budget_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = resolve_max_tokens(
@@ -147,7 +165,7 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
         req, served, sampling_params(req, max_tokens, logprobs, bias), formatter, formatter.envelope, 1,
         runtime.settings.scheduler,
     )  # fmt: skip
-    generation = Generation(served, [prompt], params)
+    generation = Generation(served, [prompt], params, runtime.settings.scheduler.request_timeout_s)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
         generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk

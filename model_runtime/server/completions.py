@@ -14,6 +14,7 @@ from model_runtime.server.generation import (
     ChoiceResult,
     Generation,
     check_common,
+    check_size,
     resolve_max_tokens,
     respond,
     sampling_params,
@@ -29,17 +30,26 @@ from model_runtime.server.state import ServedModel
 
 router = APIRouter()
 
+Prompt = str | list[str] | list[int] | list[list[int]]
 
-def tokenize_prompts(
-    prompt: str | list[str] | list[int] | list[list[int]], served: ServedModel
-) -> list[list[int]]:
+
+def as_prompts(prompt: Prompt) -> list[str | list[int]]:
+    """The request's prompts as a list: a string or a list of token ids is one prompt."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    return list(prompt)
+
+
+def prompt_size(prompts: list[str | list[int]]) -> tuple[int, int]:
+    """(prompts, characters of text to tokenize); token ids are not tokenized."""
+    return len(prompts), sum(len(p) for p in prompts if isinstance(p, str))
+
+
+def tokenize_prompts(prompt: list[str | list[int]], served: ServedModel) -> list[list[int]]:
+    """Runs on the tokenizing threads (RuntimeState.tokenize): the cost grows with the prompts."""
     tokenizer = served.tokenizer
-    if isinstance(prompt, str):
-        prompt = [prompt]
     if not prompt:
         raise bad_request("prompt must not be empty", "prompt")
-    if isinstance(prompt[0], int):
-        prompt = [prompt]  # one prompt given as token ids
     vocab = len(tokenizer)
     prompts: list[list[int]] = []
     for i, item in enumerate(prompt):
@@ -125,13 +135,10 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     if req.best_of not in (None, req.n):
         raise bad_request("best_of must equal n on this server", "best_of")
     bias = check_common(req, runtime, served)
-    prompts = tokenize_prompts(req.prompt, served)
+    given = as_prompts(req.prompt)
+    check_size(*prompt_size(given), req.n, runtime.settings, "prompt")
+    prompts = await runtime.tokenize(served, tokenize_prompts, given, served)
     limits = runtime.settings.scheduler
-    if len(prompts) * req.n > limits.max_batch_size + limits.max_queue:
-        raise bad_request(
-            f"{len(prompts)} prompts x n={req.n} is more sequences than this server can hold at once",
-            "prompt",
-        )
     max_tokens = resolve_max_tokens(
         served, max(len(p) for p in prompts), req.max_tokens, "max_tokens" in req.model_fields_set, "prompt"
     )
@@ -140,7 +147,7 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
         req, served, sampling_params(req, max_tokens, req.logprobs, bias), formatter, formatter.envelope,
         len(prompts), limits,
     )  # fmt: skip
-    generation = Generation(served, prompts, params)
+    generation = Generation(served, prompts, params, limits.request_timeout_s)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
         generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk

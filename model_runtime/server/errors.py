@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_runtime.scheduler.events import (
     EngineError,
+    EngineStalled,
     QueueFull,
     QueueTimeout,
     RequestTimeout,
@@ -58,15 +59,28 @@ def bad_request(message: str, param: str | None, code: str | None = None) -> API
     return APIError(400, message, param=param, code=code)
 
 
+# Why a replica takes no traffic, in fixed words: readiness bodies and refusals carry these, never an
+# exception's text (that goes to the log).
+NOT_READY_MESSAGES = {
+    "loading": "the model is still loading",
+    "draining": "the server is shutting down and takes no new requests",
+    "failed": "the model failed to load",
+    "stalled": "the engine has completed no step for too long; this replica takes no new requests",
+}
+
+
+def path_not_found() -> APIError:
+    """An unknown path, or one not served on this listener; load balancers answer the same for what
+    they do not forward, so a client sees one 404 whoever sent it."""
+    return APIError(404, "Not Found", code="not_found")
+
+
 def not_ready(reason: str, retry_after: float = 5) -> APIError:
-    """503 while loading, draining or swapping: the load balancer and clients should go elsewhere."""
-    messages = {
-        "loading": "the model is still loading",
-        "draining": "the server is shutting down and takes no new requests",
-        "failed": "the model failed to load",
-    }
+    """503 while loading, draining, failed or stalled: a fast refusal, so the load balancer and clients
+    go elsewhere (HAProxy retries exactly these on another replica)."""
+    code = "engine_stalled" if reason == "stalled" else reason
     return APIError(
-        503, messages.get(reason, reason), "service_unavailable", code=reason, retry_after=retry_after
+        503, NOT_READY_MESSAGES[reason], "service_unavailable", code=code, retry_after=retry_after
     )
 
 
@@ -77,13 +91,15 @@ def from_exception(exc: Exception) -> APIError:
     if isinstance(exc, QueueFull):
         return APIError(429, str(exc), "rate_limit_error", code="queue_full", retry_after=exc.retry_after)
     if isinstance(exc, QueueTimeout):
-        return APIError(
-            503, str(exc), "service_unavailable", code="queue_timeout", retry_after=exc.retry_after
-        )
+        # Overload, as a full queue is: 429, which no load balancer retries. A 503 here would be
+        # retried on every replica, each after its own queue timeout.
+        return APIError(429, str(exc), "rate_limit_error", code="queue_timeout", retry_after=exc.retry_after)
     if isinstance(exc, SchedulerClosed):
         return APIError(503, str(exc), "service_unavailable", code="model_unloading", retry_after=1)
     if isinstance(exc, RequestTimeout):
         return APIError(504, str(exc), "timeout_error", code="request_timeout")
+    if isinstance(exc, EngineStalled):
+        return APIError(503, str(exc), "service_unavailable", code="engine_stalled", retry_after=1)
     if isinstance(exc, EngineError):
         return APIError(500, str(exc), "server_error", code="engine_error")
     log.error("unhandled error", exc_info=exc)

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from model_runtime.scheduler.events import Event, Handle, TokenLogprobs
+from model_runtime.config import Settings
+from model_runtime.scheduler.events import Event, Handle, RequestTimeout, TokenLogprobs
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.server.errors import APIError, bad_request, from_exception
 from model_runtime.server.protocol import Usage, _SamplingFields
@@ -54,22 +55,46 @@ def resolve_max_tokens(
     return min(requested, left)
 
 
+def check_size(prompts: int, chars: int, n: int, settings: Settings, param: str) -> None:
+    """The checks that cost nothing, made before any tokenizing: the sequences a request asks for
+    (prompts x n) against what the scheduler can hold, and its characters against
+    server.max_prompt_chars (tokenizing costs in proportion to them)."""
+    limits = settings.scheduler
+    if prompts * n > limits.max_batch_size + limits.max_queue:
+        raise bad_request(
+            f"{prompts} prompts x n={n} is more sequences than this server can hold at once "
+            f"({limits.max_batch_size + limits.max_queue})",
+            param,
+        )
+    if chars > settings.server.max_prompt_chars:
+        raise bad_request(
+            f"{param} is too long: {chars} characters; this server takes at most "
+            f"{settings.server.max_prompt_chars} per request",
+            param,
+            "context_length_exceeded",
+        )
+
+
+def http_deadline(request_timeout_s: float) -> float:
+    """How long the HTTP side waits for a request's events. The engine ends a request at
+    request_timeout_s itself; this later deadline ends it even when the engine never answers."""
+    return request_timeout_s * 1.1 + 5.0
+
+
 def check_common(req: _SamplingFields, state: RuntimeState, served: ServedModel) -> dict[int, float]:
     """Checks shared by both endpoints; returns the logit bias as token id -> bias."""
     if req.n > state.settings.scheduler.max_n:
         raise bad_request(
             f"n is too large: {req.n}; this server allows at most {state.settings.scheduler.max_n}", "n"
         )
-    bias: dict[int, float] = {}
+    # The protocol took only keys in ASCII digits, at most MAX_LOGIT_BIAS_ENTRIES, values in range;
+    # what is left is the one bound that depends on the model.
+    bias = {int(key): value for key, value in (req.logit_bias or {}).items()}
     vocab = len(served.tokenizer)
-    for key, value in (req.logit_bias or {}).items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
-            raise bad_request(
-                f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1})", "logit_bias"
-            )
-        if not -100 <= value <= 100:
-            raise bad_request(f"logit_bias: {value} for token {key} is outside [-100, 100]", "logit_bias")
-        bias[int(key)] = value
+    if outside := [token for token in bias if token >= vocab]:
+        raise bad_request(
+            f"logit_bias: {outside[0]} is not a token id of this model (0..{vocab - 1})", "logit_bias"
+        )
     return bias
 
 
@@ -110,16 +135,24 @@ class _QueueSink:
 
 
 class Generation:
-    """One HTTP request's sequences in the scheduler: every prompt times n choices."""
+    """One HTTP request's sequences in the scheduler: every prompt times n choices, with a deadline of
+    the HTTP side's own (one timer per request, nothing per token)."""
 
     def __init__(
-        self, served: ServedModel, prompts: Sequence[list[int]], params: list[SamplingParams]
+        self,
+        served: ServedModel,
+        prompts: Sequence[list[int]],
+        params: list[SamplingParams],
+        request_timeout_s: float,
     ) -> None:
         self.served = served
         self.prompt_tokens = sum(len(p) for p in prompts)
         self._queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self._open = len(prompts) * len(params)
         self._handles: list[Handle] = []
+        self._deadline = asyncio.get_running_loop().call_later(
+            http_deadline(request_timeout_s), self._expire, request_timeout_s
+        )
         try:
             for k, prompt in enumerate(prompts):
                 sink = _QueueSink(self._queue, k * len(params))
@@ -140,8 +173,13 @@ class Generation:
         self._open -= sum(1 for e in events if e.finish_reason or e.error)
         return _merge(events) if len(events) > 1 else events
 
+    def _expire(self, limit: float) -> None:
+        """The deadline passed with choices still open: end the request as the engine would have."""
+        self._queue.put_nowait([Event(-1, "", 0, error=RequestTimeout(limit))])
+
     def close(self) -> None:
         """Stop whatever is still generating (client gone, error, shutdown)."""
+        self._deadline.cancel()
         if self._open:
             for handle in self._handles:
                 self.served.scheduler.cancel(handle)

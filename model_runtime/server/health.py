@@ -1,11 +1,13 @@
 """Liveness (the process answers) apart from readiness (send it traffic): a load balancer takes a replica
-out on 503 from /health/ready while it loads, drains or fails, without the supervisor restarting it."""
+out on 503 from /health/ready while it loads, drains, failed or its engine stalls, without the
+supervisor restarting it. Readiness says why in fixed words; what went wrong in detail is in the log."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from model_runtime.server.errors import NOT_READY_MESSAGES
 from model_runtime.server.protocol import Health
 
 router = APIRouter(prefix="/health")
@@ -19,9 +21,10 @@ def live() -> Health:
 @router.get("/ready", response_model=Health, responses={503: {"model": Health}})
 def ready(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
+    state = runtime.readiness()
     body = Health(
-        status=runtime.phase,
+        status=state,
         models={name: m.version for name, m in runtime.models.items()},
-        detail=runtime.detail,
+        detail=NOT_READY_MESSAGES.get(state),
     )
-    return JSONResponse(body.model_dump(), status_code=200 if runtime.phase == "ready" else 503)
+    return JSONResponse(body.model_dump(), status_code=200 if state == "ready" else 503)

@@ -1,5 +1,5 @@
 """Prometheus metrics of one server process, in a registry of its own (several apps can share a test
-process), exposed at GET /metrics."""
+process), exposed at GET /metrics on the internal listener (server.metrics_host, server.metrics_port)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,11 @@ class RuntimeMetrics:
             "model_runtime_model_load_seconds", "Time to load the model", ["model", "version"], registry=r
         )
         self.ready = Gauge("model_runtime_ready", "1 when /health/ready answers 200", registry=r)
+        self.process_starts = Counter(
+            "model_runtime_process_starts",
+            "Starts of this instance's process, counted across restarts in server.state_dir",
+            registry=r,
+        )
         self.info = Gauge("model_runtime_info", "Runtime version", ["version"], registry=r)
         self.info.labels(version=__version__).set(1)
 
@@ -111,16 +116,8 @@ class ModelMetrics:
 router = APIRouter()
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus text exposition format; no API key needed (scrapers)",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-)
+# Not in the OpenAPI document, which describes the API that clients reach (the public listener).
+@router.get("/metrics", response_class=Response, include_in_schema=False)
 def metrics(request: Request) -> Response:
     registry = request.app.state.runtime.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

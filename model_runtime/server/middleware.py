@@ -1,6 +1,7 @@
-"""The edge of the server, as one plain ASGI middleware (no per-chunk overhead on streams): request ids,
-the body size limit, the request counter by endpoint and status, the in-flight count that graceful
-shutdown waits on, and one log line per request."""
+"""The edge of the server, as one plain ASGI middleware (no per-chunk overhead on streams): which paths
+each listener serves, the bearer key and the body size limit (both before a byte of the body is read),
+request ids, the request counter by endpoint and status, the in-flight count that graceful shutdown
+waits on, and one log line per request."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_runtime.logs import request_id
-from model_runtime.server.errors import APIError
+from model_runtime.server.auth import check_bearer
+from model_runtime.server.errors import APIError, path_not_found
 from model_runtime.server.state import RuntimeState
 
 log = logging.getLogger("model_runtime.access")
 
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 KNOWN_PATHS = GENERATION_PATHS | {"/v1/models", "/health/live", "/health/ready", "/metrics"}
+# The internal listener's own paths; /health/ is on both listeners, /v1/ on the public one only.
+INTERNAL_PATHS = frozenset({"/metrics", "/openapi.json"})
 REQUEST_ID_HEADER = b"x-request-id"
 
 
@@ -29,10 +33,49 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
+def served_on(path: str, internal: bool) -> bool:
+    """Whether a listener serves a path. The path is the decoded one (`/%61dmin` is `/admin` here), and
+    routes match it exactly, so a prefix decides: the public listener serves what the load balancers
+    forward (the API and health), the internal one metrics, admin, the OpenAPI document and health."""
+    if path.startswith("/health/"):
+        return True
+    if internal:
+        return path in INTERNAL_PATHS or path.startswith("/admin/")
+    return path.startswith("/v1/")
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, runtime: RuntimeState) -> None:
+    def __init__(self, app: ASGIApp, runtime: RuntimeState, internal_port: int | None = None) -> None:
+        """internal_port: the port of the internal listener (None: there is none, as in tests that drive
+        the app in process); a request's listener is known by the local port it arrived on."""
         self.app = app
         self.runtime = runtime
+        self.internal_port = internal_port
+
+    def _refusal(self, scope: Scope, path: str, headers: dict[bytes, bytes]) -> APIError | None:
+        """What to answer without running the app, or None to run it."""
+        server = scope.get("server")
+        internal = self.internal_port is not None and server is not None and server[1] == self.internal_port
+        if not served_on(path, internal):
+            return path_not_found()
+        runtime = self.runtime
+        keys = (
+            runtime.api_keys if path.startswith("/v1/")
+            else runtime.admin_keys if path.startswith("/admin/")
+            else frozenset()
+        )  # fmt: skip
+        # No API keys: the operator chose server.allow_unauthenticated. No admin keys: /admin is off, and
+        # routing answers 404.
+        if keys:
+            try:
+                check_bearer(headers.get(b"authorization", b"").decode("latin-1"), keys)
+            except APIError as refused:
+                return refused
+        limit = runtime.settings.server.max_body_bytes
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            return APIError(413, BodyTooLarge(limit).detail, code="request_too_large")
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,11 +111,10 @@ class EdgeMiddleware:
             self.runtime.request_started()
             self.runtime.metrics.in_flight.inc()
         try:
-            declared = headers.get(b"content-length", b"0")
-            if declared.isdigit() and int(declared) > limit:
-                # Refused before a byte of the body is read.
-                response = APIError(413, BodyTooLarge(limit).detail, code="request_too_large").response()
-                await response(scope, receive, send_with_id)
+            refusal = self._refusal(scope, path, headers)
+            if refusal is not None:
+                # Answered before a byte of the body is read.
+                await refusal.response()(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:

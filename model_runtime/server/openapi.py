@@ -1,12 +1,13 @@
 """The OpenAPI document as the server really answers, so that generated clients and the schema fuzzer
 (tests/e2e/test_fuzz_api.py) can hold the server to it.
 
-FastAPI's own document falls short here in four ways, which the tables and `install_openapi` below
+FastAPI's own document falls short here in five ways, which the tables and `install_openapi` below
 mend: it lists a 422 `HTTPValidationError` that is never sent (errors.py answers every validation
 failure with a 400 envelope); it knows nothing of `Retry-After` on 429 and 503; it describes a
 generation's 200 as JSON only, while `stream: true` answers with server-sent events (each event's
-`data` is described: a chunk, an error envelope, or `[DONE]`); and it cannot see the limits that the
-endpoints enforce in code rather than in the pydantic models.
+`data` is described: a chunk, an error envelope, or `[DONE]`); it cannot see the limits that the
+endpoints enforce in code rather than in the pydantic models; and it holds every numeric bound as a
+float, so that the seed's maximum 2**63 - 1 would read 9.223372036854776e+18, past 2**63.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
-from model_runtime.server.protocol import ChatCompletionChunk, CompletionChunk, ErrorResponse
+from model_runtime.config import Settings
+from model_runtime.server.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionChunk,
+    CompletionRequest,
+    ErrorResponse,
+)
 
 _RETRY_AFTER = {
     "Retry-After": {
@@ -74,8 +83,8 @@ def _generation_responses(chunk: type[BaseModel]) -> dict[int | str, dict[str, A
         400: _error("Invalid request; `param` names the offending field"),
         **_AUTH_RESPONSES,
         404: _error("Unknown model"),
-        429: _error("Queue full", retry_after=True),
-        503: _error("Not ready, draining, or no batch slot in time", retry_after=True),
+        429: _error("Queue full, or no batch slot in time (overload)", retry_after=True),
+        503: _error("Not ready, draining, or the engine stalled", retry_after=True),
         504: _error("Request ran past the server's time limit"),
     }
 
@@ -83,6 +92,7 @@ def _generation_responses(chunk: type[BaseModel]) -> dict[int | str, dict[str, A
 COMPLETION_RESPONSES = _generation_responses(CompletionChunk)
 CHAT_RESPONSES = _generation_responses(ChatCompletionChunk)
 _CHUNKS = (CompletionChunk, ChatCompletionChunk)
+_REQUESTS = (CompletionRequest, ChatCompletionRequest)
 
 _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -90,23 +100,14 @@ _VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 # for the client, rather than in the pydantic models: written into the document so that it says what
 # is accepted. Per request schema and property, keywords added to every part of that type within it.
 _NON_EMPTY_PROMPT = {"string": {"minLength": 1}, "array": {"minItems": 1}, "integer": {"minimum": 0}}
-_STOP = {"string": {"minLength": 1}, "array": {"maxItems": 16}}
-_LOGIT_BIAS = {
-    "object": {"propertyNames": {"pattern": "^[0-9]+$"}},
-    "number": {"minimum": -100, "maximum": 100},
-}
 _ENFORCED: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "CompletionRequest": {
         "prompt": _NON_EMPTY_PROMPT,
-        "stop": _STOP,
-        "logit_bias": _LOGIT_BIAS,
         "echo": {"boolean": {"enum": [False]}},
         "suffix": {"string": {"maxLength": 0}},
     },
     "ChatCompletionRequest": {
         "messages": {"array": {"minItems": 1}},
-        "stop": _STOP,
-        "logit_bias": _LOGIT_BIAS,
         "tools": {"array": {"maxItems": 0}},
         "response_format": {"object": {"properties": {"type": {"enum": ["text"]}}}},
     },
@@ -122,7 +123,19 @@ def _tighten(schema: dict[str, Any], keywords: dict[str, dict[str, Any]]) -> Non
             _tighten(schema[key], keywords)
 
 
-def _as_answered(document: dict[str, Any]) -> dict[str, Any]:
+def _pydantic_schemas(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+    """A model's schema and those it refers to, by component name."""
+    generated = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+    return {**generated.pop("$defs", {}), model.__name__: generated}
+
+
+def _configured(settings: Settings) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """The limits this server's settings set, in the form of _ENFORCED."""
+    n = {"n": {"integer": {"maximum": settings.scheduler.max_n}}}
+    return {request.__name__: n for request in _REQUESTS}
+
+
+def _as_answered(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Drop FastAPI's 422 responses and their schemas (validation failures are 400 envelopes here), and
     write in the limits enforced outside the models."""
     for operations in document.get("paths", {}).values():
@@ -132,12 +145,14 @@ def _as_answered(document: dict[str, Any]) -> dict[str, Any]:
     for name in _VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     for chunk in _CHUNKS:  # referenced from the stream descriptions only, so FastAPI leaves them out
-        generated = chunk.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-        for name, schema in {**generated.pop("$defs", {}), chunk.__name__: generated}.items():
+        for name, schema in _pydantic_schemas(chunk, "serialization").items():
             schemas.setdefault(name, schema)
-    for name, properties in _ENFORCED.items():
-        for prop, keywords in properties.items():
-            _tighten(schemas[name]["properties"][prop], keywords)
+    for request in _REQUESTS:  # as pydantic writes them, with integer bounds exact
+        schemas.update(_pydantic_schemas(request, "validation"))
+    for limits in (_ENFORCED, _configured(settings)):
+        for name, properties in limits.items():
+            for prop, keywords in properties.items():
+                _tighten(schemas[name]["properties"][prop], keywords)
     return document
 
 
@@ -147,7 +162,7 @@ def install_openapi(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _as_answered(generate())
+            app.openapi_schema = _as_answered(generate(), app.state.runtime.settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

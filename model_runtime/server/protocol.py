@@ -7,17 +7,59 @@ so that a client never silently gets something other than what it asked for.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+# Bounds on what one request may ask of every token it generates (the stop check and the logit bias
+# run once per token; see scheduler/text.py and scheduler/sampling.py).
+MAX_STOP_SEQUENCES = 16  # OpenAI takes 4; chat templates alone can bring several end markers
+# Stop sequences are delimiters ("\n\n", "</answer>", "\nUser:"); 256 characters covers any of them many
+# times over. Matching costs no more per token for a longer one, but text that may begin a stop
+# sequence is held back from a stream, and the matcher is built from every character of them.
+MAX_STOP_LENGTH = 256
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
+MAX_LOGIT_BIAS = 100.0  # either way; OpenAI's range
+# A logit_bias key: a token id in ASCII digits (str.isdigit would also take "²", which int() refuses).
+TOKEN_ID_KEY = re.compile(r"[0-9]+")
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one kind of number, and to JSON Schema 2.0 is an integer: so it is one here too.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Integer types: bounds before the validator, or pydantic writes them as "ge"/"le", which JSON Schema
+# does not know, instead of "minimum"/"maximum".
+_INTEGRAL = BeforeValidator(_integral)
+Integer = Annotated[int, _INTEGRAL]
+NonNegativeInt = Annotated[int, Field(ge=0), _INTEGRAL]
+PositiveInt = Annotated[int, Field(ge=1), _INTEGRAL]
+LogprobsCount = Annotated[int, Field(ge=0, le=20), _INTEGRAL]
+# A seed is a 64-bit integer (choice i of a request draws with seed + i; torch takes up to 2**64 - 1).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), _INTEGRAL]
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+# The annotations below declare the bounds in the OpenAPI document; the "before" validators check
+# the same bounds first, to refuse with a message that names the parameter in words.
+Stop = StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)]
+LogitBias = Annotated[
+    dict[
+        Annotated[str, Field(pattern=f"^{TOKEN_ID_KEY.pattern}$")],
+        Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)],
+    ],
+    # pydantic writes the key pattern as patternProperties, which lets other keys through unchecked.
+    Field(
+        max_length=MAX_LOGIT_BIAS_ENTRIES,
+        json_schema_extra={"propertyNames": {"pattern": f"^{TOKEN_ID_KEY.pattern}$"}},
+    ),
+]
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored (newer clients send more than we know); known ones are checked.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored (newer clients send more than we know); known ones are checked, as
+    # strictly as the OpenAPI document states them: no "0.5" for a number, no 0 or "true" for a boolean.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
@@ -28,14 +70,14 @@ class _SamplingFields(_Request):
     model: str = Field(min_length=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: PositiveInt = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Stop | None = None
     seed: Seed | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = None
     # Extensions with vLLM's names, for benchmarks and evaluation harnesses.
     min_tokens: NonNegativeInt = 0
@@ -43,24 +85,51 @@ class _SamplingFields(_Request):
     # Extension: a vote ensemble's per-member answers and votes, in the response's `ensemble` field.
     ensemble_members: bool = False
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_bounds(cls, value: Any) -> Any:
+        stops = [value] if isinstance(value, str) else value
+        if isinstance(stops, list):
+            if len(stops) > MAX_STOP_SEQUENCES:
+                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stops)}")
+            texts = [s for s in stops if isinstance(s, str)]
+            if any(not s for s in texts):
+                raise ValueError("stop sequences must not be empty")
+            if (longest := max((len(s) for s in texts), default=0)) > MAX_STOP_LENGTH:
+                raise ValueError(
+                    f"stop sequences may be at most {MAX_STOP_LENGTH} characters long, got {longest}"
+                )
+        return value
+
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return stops
+        return [value] if isinstance(value, str) else list(value or [])
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias_bounds(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(value)}")
+        for key, bias in value.items():
+            if not (isinstance(key, str) and TOKEN_ID_KEY.fullmatch(key)):
+                raise ValueError(f"{key!r:.40} is not a token id (a key must be written in digits 0-9)")
+            if isinstance(bias, int | float) and not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(
+                    f"{bias} for token {key} is outside [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
+                )
+        return value
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt: str | list[str] | list[Integer] | list[list[Integer]]
+    max_tokens: PositiveInt | None = 16
+    logprobs: LogprobsCount | None = None
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: PositiveInt | None = Field(default=None, description="Must equal n when given")
 
 
 class TextPart(_Request):
@@ -81,10 +150,10 @@ class ChatMessage(_Request):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage]
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: LogprobsCount | None = Field(default=None, description="Requires logprobs: true")
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
 

@@ -1,4 +1,8 @@
-"""Running the server process: uvicorn with a graceful drain on SIGTERM.
+"""Running the server process: uvicorn on two listeners, with a graceful drain on SIGTERM.
+
+The public listener (server.host, server.port) serves the API and health; the internal one
+(server.metrics_host, server.metrics_port, loopback or a private address) serves metrics, admin and the
+OpenAPI document. One server, one event loop and one drain serve both.
 
 On SIGTERM (or Ctrl-C) readiness turns 503 at once and new generation requests are refused with 503,
 while requests in flight, streams included, run to their end for up to server.shutdown_grace_s. Then
@@ -11,16 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
-from model_runtime.config import ModelSettings, Settings
+from model_runtime.config import ConfigError, ModelSettings, Settings
 from model_runtime.server.app import create_app
+from model_runtime.server.starts import count_start
 from model_runtime.server.state import RuntimeState, ServedModel, start_served_model
 
 log = logging.getLogger(__name__)
+
+# TLS 1.2 suites the server accepts (TLS 1.3's are all forward-secret AEAD already).
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class DrainingServer(uvicorn.Server):
@@ -100,9 +109,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def listen(setting: str, host: str, port: int) -> socket.socket:
+    """A listening socket, or a ConfigError naming the setting (a port taken, an address not here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)  # SO_REUSEADDR, as uvicorn's own
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
     """Run until drained; return the process exit code. reload reads the settings again (SIGHUP)."""
+    starts = count_start(settings.server.state_dir)
+    public = listen("server.port", settings.server.host, settings.server.port)
+    try:
+        internal = listen("server.metrics_port", settings.server.metrics_host, settings.server.metrics_port)
+    except ConfigError:
+        public.close()
+        raise
     runtime = RuntimeState(settings, settings.api_keys(), settings.admin_keys())
+    runtime.metrics.process_starts.inc(starts)
     server: DrainingServer | None = None
 
     def loader(model: ModelSettings) -> ServedModel:
@@ -115,20 +141,28 @@ def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> i
         assert server is not None
         server.fail(reason)
 
-    app = create_app(runtime, loader, on_fatal)
+    app = create_app(runtime, loader, on_fatal, internal_port=internal.getsockname()[1])
     config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
+        app,  # on the sockets bound above: uvicorn's own host and port settings are unused
         log_config=None,  # our logging (logs.py) is already configured
         access_log=False,  # the edge middleware logs one line per request, with its id
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
+        # TLS on both listeners when a certificate is configured: forward-secret AEAD suites only.
+        ssl_certfile=settings.server.tls_certfile,
+        ssl_keyfile=settings.server.tls_keyfile,
+        ssl_ciphers=TLS_CIPHERS,
     )
     server = DrainingServer(config, runtime, settings.server.shutdown_grace_s, reload or (lambda: settings))
     log.info(
         "starting",
-        extra={"host": settings.server.host, "port": settings.server.port, "model": settings.model.path},
+        extra={
+            "host": settings.server.host,
+            "port": public.getsockname()[1],
+            "metrics_host": settings.server.metrics_host,
+            "metrics_port": internal.getsockname()[1],
+            "model": settings.model.path,
+        },
     )
-    server.run()
+    server.run(sockets=[public, internal])
     return server.exit_code

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -26,6 +28,7 @@ from model_runtime.server.errors import APIError, not_ready
 from model_runtime.server.metrics import RuntimeMetrics
 
 Phase = Literal["loading", "ready", "draining", "failed"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,10 +95,16 @@ class RuntimeState:
         self.metrics = RuntimeMetrics()
         self.models: dict[str, ServedModel] = {}
         self.phase: Phase = "loading"
-        self.detail: str | None = None
         self.in_flight = 0  # generation requests between arrival and their last byte
         self._idle = asyncio.Event()
         self._idle.set()
+        # Tokenizing (and rendering chat templates) runs here, off the event loop, so that a large
+        # prompt never holds up health probes or streams; a few threads, and requests beyond them wait
+        # their turn, so a flood of requests cannot pile up threads.
+        self._tokenizing = ThreadPoolExecutor(
+            settings.server.tokenizer_threads, thread_name_prefix="tokenize"
+        )
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness() == "ready" else 0.0)
 
     def request_started(self) -> None:
         self.in_flight += 1
@@ -114,13 +123,29 @@ class RuntimeState:
             return False
         return True
 
-    def set_phase(self, phase: Phase, detail: str | None = None) -> None:
-        self.phase, self.detail = phase, detail
-        self.metrics.ready.set(1 if phase == "ready" else 0)
+    def set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+
+    def readiness(self) -> str:
+        """The phase, or "stalled" while a served model's engine has completed no step for
+        scheduler.engine_stall_s with work waiting (the engine process watches itself for the exit)."""
+        if self.phase == "ready":
+            limit = self.settings.scheduler.engine_stall_s
+            if any(m.scheduler.stalled_for() > limit for m in self.models.values()):
+                return "stalled"
+        return self.phase
 
     def check_accepting(self) -> None:
-        if self.phase != "ready":
-            raise not_ready(self.phase)
+        state = self.readiness()
+        if state != "ready":
+            raise not_ready(state)
+
+    async def tokenize(self, served: ServedModel, work: Callable[..., T], *args: object) -> T:
+        """Run work (tokenizing a request's prompts for served) on the tokenizing threads. Meanwhile
+        served counts the request as outstanding: a hot swap then waits for it, and nothing else yields
+        between here and the request's submission."""
+        with served.scheduler.preparing():
+            return await asyncio.get_running_loop().run_in_executor(self._tokenizing, work, *args)
 
     def model(self, name: str) -> ServedModel:
         served = self.models.get(name)
@@ -132,3 +157,4 @@ class RuntimeState:
         for served in self.models.values():
             served.close()
         self.models.clear()
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)

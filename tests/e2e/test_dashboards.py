@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +16,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.haproxy import HAProxy
 from tests.support.models import REPO
-from tests.support.server import RuntimeProcess, free_port
+from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +100,7 @@ def runtime(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def runtime_metrics(runtime: RuntimeProcess) -> set[str]:
-    scraped = httpx.get(f"{runtime.base_url}/metrics")  # as a scraper does: no API key
+    scraped = httpx.get(f"{runtime.internal_url}/metrics")  # as a scraper does: no API key
     assert scraped.status_code == 200
     return sample_names(scraped.text)
 
@@ -110,36 +108,8 @@ def runtime_metrics(runtime: RuntimeProcess) -> set[str]:
 @pytest.fixture(scope="module")
 def haproxy_metrics(runtime: RuntimeProcess, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """A real HAProxy in front of the runtime, its exporter served the way haproxy.cfg.j2 serves it."""
-    haproxy = shutil.which("haproxy")
-    if haproxy is None:
-        pytest.skip("haproxy is not installed (.ci/run installs it)")
-    front, stats = free_port(), free_port()
-    config = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
-    config.write_text(
-        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-        f"frontend model_runtime\n  bind 127.0.0.1:{front}\n  default_backend model_runtime\n"
-        "backend model_runtime\n  option httpchk GET /health/ready\n"
-        f"  server demo-1 127.0.0.1:{runtime.port} check inter 200ms\n"
-        f"listen stats\n  bind 127.0.0.1:{stats}\n"
-        "  http-request use-service prometheus-exporter if { path /metrics }\n"
-    )
-    process = subprocess.Popen(
-        [haproxy, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{front}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "haproxy did not come up in front of the runtime"
-            time.sleep(0.1)
-        return sample_names(httpx.get(f"http://127.0.0.1:{stats}/metrics", timeout=5).text)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with HAProxy(tmp_path_factory.mktemp("haproxy"), {"demo-1": runtime.port}, exporter=True) as haproxy:
+        return sample_names(httpx.get(f"http://127.0.0.1:{haproxy.stats_port}/metrics", timeout=5).text)
 
 
 def test_the_dashboard_is_grafana_json_with_a_source_and_a_target_per_panel() -> None:
@@ -218,5 +188,5 @@ def test_the_scrape_config_points_where_the_roles_serve_metrics() -> None:
         assert ports, name
         if name == "haproxy":
             assert ports == {defaults["loadbalancer"]["loadbalancer_stats_port"]}
-        else:
-            assert min(ports) == defaults["model_runtime"]["model_runtime_base_port"]
+        else:  # each instance's internal listener, never its API port
+            assert min(ports) == defaults["model_runtime"]["model_runtime_metrics_base_port"]

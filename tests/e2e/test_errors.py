@@ -32,7 +32,7 @@ def test_missing_and_wrong_key(demo_server: RuntimeProcess) -> None:
     assert envelope(missing)["code"] == "missing_api_key"
     # Probes and scrapers need no key.
     assert httpx.get(f"{demo_server.base_url}/health/live").status_code == 200
-    assert httpx.get(f"{demo_server.base_url}/metrics").status_code == 200
+    assert httpx.get(f"{demo_server.internal_url}/metrics").status_code == 200
 
 
 def test_unknown_model_is_404(demo_server: RuntimeProcess) -> None:
@@ -200,3 +200,56 @@ def test_no_5xx_under_concurrent_mixed_load(demo_server: RuntimeProcess) -> None
         t.join()
     assert len(statuses) == 36
     assert all(s == 200 or 400 <= s < 500 for s in statuses), statuses
+
+
+BOUND_BODIES = {
+    "/v1/completions": {"model": "demo", "prompt": "You may", "max_tokens": 2},
+    "/v1/chat/completions": {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("path", list(BOUND_BODIES))
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"logit_bias": {"²": 1}}, "not a token id"),  # str.isdigit takes it, int() does not
+        ({"logit_bias": {"٣": 1}}, "not a token id"),  # both take it; only ASCII digits are ids
+        ({"logit_bias": {"-1": 1}}, "not a token id"),
+        ({"logit_bias": {" 7": 1}}, "not a token id"),
+        ({"logit_bias": {"2048": 1}}, "not a token id of this model (0..2047)"),
+        ({"logit_bias": {"5": 100.5}}, "outside [-100, 100]"),
+        ({"logit_bias": {str(t): 1 for t in range(301)}}, "at most 300 entries"),
+        ({"stop": "x" * 257}, "at most 256 characters"),
+        ({"stop": ["ok", "x" * 257]}, "at most 256 characters"),
+        ({"stop": ["x"] * 17}, "at most 16 stop sequences"),
+        ({"seed": 2**63}, "seed: Input should be less than"),
+    ],
+)
+def test_bounds_on_per_token_work_are_400s_naming_the_parameter(
+    demo_server: RuntimeProcess, path: str, extra: dict, fragment: str
+) -> None:
+    with demo_server.http() as http:
+        response = http.post(path, json={**BOUND_BODIES[path], **extra})
+    assert response.status_code == 400, response.text
+    error = envelope(response)
+    assert error["param"] == next(iter(extra))
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize("path", list(BOUND_BODIES))
+def test_requests_at_the_bounds_are_served(demo_server: RuntimeProcess, path: str) -> None:
+    at_the_bounds = {
+        "logit_bias": {str(t): -1 for t in range(300)},
+        "stop": [chr(0x4E00 + i) * 256 for i in range(16)],
+        "seed": 2**63 - 1,
+        "n": 2,  # the second choice's seed is 2**63
+        "temperature": 1.0,
+    }
+    with demo_server.http() as http:
+        response = http.post(path, json={**BOUND_BODIES[path], **at_the_bounds})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 2

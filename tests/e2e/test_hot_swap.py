@@ -51,7 +51,7 @@ def server(demo_model: Path, tmp_path: Path):
 
 def swap(server: RuntimeProcess, body: dict, key: str = ADMIN_KEY) -> httpx.Response:
     return httpx.post(
-        f"{server.base_url}/admin/models/demo/swap",
+        f"{server.internal_url}/admin/models/demo/swap",
         json=body,
         headers={"Authorization": f"Bearer {key}"},
         timeout=300,
@@ -99,12 +99,12 @@ def test_swap_to_a_broken_version_keeps_the_old_one_serving(
 
 def test_admin_endpoints_take_only_admin_keys(server: RuntimeProcess, versions: dict[str, Path]) -> None:
     assert swap(server, {"path": str(versions["v2"])}, key=API_KEY).status_code == 401
-    assert httpx.post(f"{server.base_url}/admin/models/demo/swap", json={"path": "x"}).status_code == 401
+    assert httpx.post(f"{server.internal_url}/admin/models/demo/swap", json={"path": "x"}).status_code == 401
 
 
 def test_admin_endpoints_do_not_exist_without_admin_keys(demo_server: RuntimeProcess) -> None:
     response = httpx.post(
-        f"{demo_server.base_url}/admin/models/demo/swap", json={"path": "x"},
+        f"{demo_server.internal_url}/admin/models/demo/swap", json={"path": "x"},
         headers={"Authorization": f"Bearer {API_KEY}"},
     )  # fmt: skip
     assert response.status_code == 404

@@ -46,9 +46,8 @@ def test_sigterm_lets_the_stream_finish_then_exits_zero(medium_llama: Path, tmp_
 
 
 def test_metrics_parse_and_move(demo_server: RuntimeProcess) -> None:
-    families = {
-        f.name: f for f in text_string_to_metric_families(httpx.get(f"{demo_server.base_url}/metrics").text)
-    }
+    scraped = httpx.get(f"{demo_server.internal_url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
     for name in (
         "model_runtime_requests",
         "model_runtime_queue_depth",
@@ -89,16 +88,6 @@ def test_request_id_is_echoed(demo_server: RuntimeProcess) -> None:
     assert len(httpx.get(f"{demo_server.base_url}/health/live").headers["x-request-id"]) == 32
 
 
-def engine_process(server: RuntimeProcess) -> int:
-    """The server's engine process: its child started by multiprocessing's spawn."""
-    assert server.process is not None
-    threads = Path(f"/proc/{server.process.pid}/task").iterdir()  # any thread may have started it
-    for child in (c for thread in threads for c in (thread / "children").read_text().split()):
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-            return int(child)
-    raise AssertionError("no engine process")
-
-
 def test_a_dead_engine_ends_every_request_with_an_error_then_the_process(
     medium_llama: Path, tmp_path: Path
 ) -> None:
@@ -109,7 +98,7 @@ def test_a_dead_engine_ends_every_request_with_an_error_then_the_process(
         )
         chunks = iter(stream)
         next(chunks)
-        os.kill(engine_process(server), signal.SIGKILL)
+        os.kill(server.engine_pid(), signal.SIGKILL)
         # The stream ends with the error event, not a cut connection (nor a hang).
         with pytest.raises(openai.APIError) as ended:
             list(chunks)

@@ -1,19 +1,27 @@
 """site.yml over SSH onto test hosts in network namespaces (no network beyond the bridge: installs come
 from the wheelhouse), checked with testinfra; preflight failures that stop before any change; a
-corrupt model version refused while the previous one keeps serving."""
+corrupt model version refused while the previous one keeps serving. The fleet is set up as the example
+inventory sets up a real one: TLS from the clients to HAProxy and from HAProxy to the instances, with
+certificates from the fleet CA kept on the control node (this machine, outside every host's files), and
+a firewall that lets only the load balancer reach the instances; what HAProxy forwards, the TLS it
+accepts and the user it runs as are checked here too."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import testinfra
@@ -21,7 +29,7 @@ import testinfra
 from model_runtime.fleet.haproxy_stats import server_rows
 from tests.support.ansible import ensure_wheelhouse, playbook, release_wheelhouse
 from tests.support.models import REPO
-from tests.support.netns import SUBNET, TestHost, TestHosts
+from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,8 +43,12 @@ DEBIAN_10 = (
 )
 
 
-def fleet_vars(wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
-    """What a real inventory's group_vars would say, with every path under each host's prefix."""
+LB = f"{SUBNET}.11"  # host a: a GPU server and the load balancer
+
+
+def fleet_vars(hosts: TestHosts, wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
+    """What a real inventory's group_vars would say, with every path under each host's prefix and the
+    fleet CA in the control node's own folder."""
     offline = f"--no-index --find-links {wheelhouse}" + "".join(
         f" --find-links {w}" for w in more_wheelhouses
     )
@@ -53,14 +65,34 @@ def fleet_vars(wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
         "model_runtime_user": "mrt-{{ inventory_hostname }}",
         "model_runtime_group": "mrt-{{ inventory_hostname }}",
         "model_runtime_listen_address": "{{ ansible_host }}",
+        "model_runtime_tls": True,
         "model_runtime_api_keys": [KEY],
         "model_runtime_shutdown_grace_s": 5,
         "loadbalancer_prefix": "{{ fleet_prefix }}",
         "loadbalancer_service_manager": "supervisord",
         "loadbalancer_bind_address": "{{ ansible_host }}",
         "loadbalancer_port": 8000,
+        "loadbalancer_tls_self_signed": True,
+        "loadbalancer_tls_names": ["{{ ansible_host }}"],
         "loadbalancer_pip_args": offline,
+        "firewall_enabled": True,
+        "firewall_prefix": "{{ fleet_prefix }}",
+        "fleet_ca_dir": str(hosts.workdir / "fleet-ca"),
     }
+
+
+def fleet_tls(hosts: TestHosts) -> ssl.SSLContext:
+    """A client's trust: the fleet CA's certificate, and nothing else."""
+    return ssl.create_default_context(cafile=hosts.workdir / "fleet-ca" / "ca.pem")
+
+
+def api(hosts: TestHosts, address: str, port: int) -> openai.OpenAI:
+    """The official client, over verified TLS: to the load balancer, or (from a host the firewall
+    lets in, see TestHosts.network_of) to an instance."""
+    http = openai.DefaultHttpxClient(verify=fleet_tls(hosts))
+    return openai.OpenAI(
+        base_url=f"https://{address}:{port}/v1", api_key=KEY, max_retries=0, http_client=http
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +122,7 @@ def fleet(hosts: TestHosts, demo_model: Path, tmp_path_factory: pytest.TempPathF
     inventory = hosts.inventory(
         tmp_path_factory.mktemp("inventory") / "hosts.yml",
         {"gpu_servers": ["a", "b"], "loadbalancers": ["a"]},
-        fleet_vars(wheelhouse, demo_model, nxt),
+        fleet_vars(hosts, wheelhouse, demo_model, nxt),
     )
     run = playbook("site.yml", inventory)
     yield {"run": run, "inventory": inventory, "wheelhouse": wheelhouse, "model": demo_model,
@@ -105,6 +137,13 @@ def host(fleet: dict, name: str) -> testinfra.host.Host:
 def test_site_over_ssh_succeeds(fleet: dict) -> None:
     assert fleet["run"].returncode == 0, fleet["run"].output[-5000:]
     assert set(fleet["run"].recap()) == {"a", "b"}
+
+
+def test_a_second_site_run_changes_nothing(fleet: dict) -> None:
+    # Certificates, keys and firewall rules included: the same files ship, the rules stay loaded.
+    again = playbook("site.yml", fleet["inventory"])
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed() == 0, [line for line in again.output.splitlines() if line.startswith("changed")]
 
 
 @pytest.mark.parametrize("name", ["a", "b"])
@@ -127,15 +166,157 @@ def test_host_state(fleet: dict, hosts: TestHosts, name: str) -> None:
     assert machine.socket(f"tcp://{address}:8101").is_listening
     serving = [p for p in machine.process.filter(user=f"mrt-{name}") if "model-runtime serve" in p.args]
     assert serving, "no model-runtime process runs as the service user"
-    ready = machine.ansible("uri", f"url=http://{address}:8101/health/ready", check=False)
+    tls = f"{prefix}/etc/model-runtime/tls"
+    key = machine.file(f"{tls}/runtime.key")
+    assert (key.mode, key.user) == (0o600, f"mrt-{name}")
+    ready = machine.ansible(
+        "uri", f"url=https://{address}:8101/health/ready ca_path={tls}/ca.pem", check=False
+    )
     assert ready["status"] == 200
 
 
-def test_haproxy_balances_over_both_hosts(fleet: dict) -> None:
-    client = openai.OpenAI(base_url=f"http://{SUBNET}.11:8000/v1", api_key=KEY, max_retries=0)
+def test_haproxy_balances_over_both_hosts(fleet: dict, hosts: TestHosts) -> None:
+    client = api(hosts, LB, 8000)
     reply = client.completions.create(model="demo", prompt="This License", max_tokens=8)
     assert reply.choices[0].text
+    chat = client.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert chat.choices[0].message.content
+    assert [model.id for model in client.models.list().data] == ["demo"]
+    # Both servers pass their health checks: HAProxy speaks TLS to them and verifies their certificates.
     assert lb_states(fleet) == {"a-1": "UP", "b-1": "UP"}
+
+
+# Paths the runtime serves apart from the API (metrics, admin, its OpenAPI document), as a client might
+# dress them up: escaped letters, dot segments, doubled slashes, another case.
+NOT_FORWARDED = [
+    "/metrics", "/%6Detrics", "/%6d%65trics", "//metrics", "/METRICS", "/v1/%2e%2e/metrics", "/v1/../metrics",
+    "/v1/..%2Fmetrics", "/admin/models", "/%61dmin/models", "/v1//../admin/models", "/Admin/models",
+    "/openapi.json", "/%6Fpenapi.json", "/docs", "/V1/models", "/v1/Models", "/v1%2Fmodels", "/health/live",
+]  # fmt: skip
+
+
+def lb_get(hosts: TestHosts, path: str) -> tuple[int, dict[str, str], bytes]:
+    """GET through the load balancer with the path sent exactly as written (http.client, unlike httpx,
+    neither resolves dot segments nor merges slashes)."""
+    connection = http.client.HTTPSConnection(LB, 8000, context=fleet_tls(hosts), timeout=30)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {KEY}"})
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", NOT_FORWARDED)
+def test_the_load_balancer_answers_404_itself_for_anything_but_the_api(
+    fleet: dict, hosts: TestHosts, path: str
+) -> None:
+    status, headers, body = lb_get(hosts, path)
+    assert status == 404, body
+    assert json.loads(body)["error"]["code"] == "not_found"
+    # No instance saw the request: every answer of the runtime carries the request id it echoes.
+    assert "x-request-id" not in headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models", "//v1//models", "/%76%31/models", "/v1/./models", "/x/../v1/models", "/health/ready"],
+)
+def test_the_load_balancer_forwards_the_api_normalised(fleet: dict, hosts: TestHosts, path: str) -> None:
+    status, headers, body = lb_get(hosts, path)
+    assert status == 200, body
+    assert headers["x-request-id"]  # answered by an instance
+
+
+def s_client(hosts: TestHosts, *options: str) -> subprocess.CompletedProcess:
+    """A TLS handshake with the load balancer by openssl's own client, trusting the fleet CA."""
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"{LB}:8000", "-verify_return_error",
+         "-CAfile", str(hosts.workdir / "fleet-ca" / "ca.pem"), *options],
+        input="", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+# No forward secrecy (RSA key exchange), or CBC, or both.
+@pytest.mark.parametrize(
+    "cipher", ["AES128-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384"]
+)
+def test_the_load_balancer_refuses_tls_suites_without_forward_secrecy_or_aead(
+    fleet: dict, hosts: TestHosts, cipher: str
+) -> None:
+    refused = s_client(hosts, "-tls1_2", "-cipher", cipher)
+    assert refused.returncode != 0, refused.stdout[-2000:]
+
+
+@pytest.mark.parametrize(("version", "cipher"), [("-tls1_2", "ECDHE-RSA-AES128-GCM-SHA256"), ("-tls1_3", "")])
+def test_the_load_balancer_speaks_forward_secret_aead_tls(
+    fleet: dict, hosts: TestHosts, version: str, cipher: str
+) -> None:
+    accepted = s_client(hosts, version, *(["-cipher", cipher] if cipher else []))
+    assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-2000:]
+    assert "Verify return code: 0 (ok)" in accepted.stdout
+
+
+def test_haproxy_workers_run_unprivileged(fleet: dict, hosts: TestHosts) -> None:
+    config = f"{hosts.hosts['a'].prefix}/etc/haproxy/haproxy.cfg"
+    listing = hosts.ssh("a", "ps -eo user:20=,pid=,ppid=,args=").stdout.splitlines()
+    processes = [line.split(None, 3) for line in listing if config in line and "haproxy" in line]
+    pids = {pid for _, pid, _, _ in processes}
+    masters = [user for user, _, ppid, _ in processes if ppid not in pids]
+    workers = [user for user, _, ppid, _ in processes if ppid in pids]
+    assert masters == ["root"], processes  # binds the ports, reads the certificates, re-executes on reload
+    assert workers, processes
+    assert set(workers) == {"haproxy"}, processes  # every connection is handled unprivileged
+
+
+def test_no_host_holds_the_fleet_ca_key(fleet: dict, hosts: TestHosts) -> None:
+    ca = hosts.workdir / "fleet-ca"
+
+    def public_key(*argv: str) -> str:
+        return subprocess.run(["openssl", *argv], capture_output=True, text=True, check=True).stdout
+
+    ca_public = public_key("x509", "-in", str(ca / "ca.pem"), "-noout", "-pubkey")
+    keys = []
+    for name in ("a", "b"):
+        for top in ("etc", "var"):
+            for path in (hosts.hosts[name].prefix / top).rglob("*"):
+                small = path.is_file() and not path.is_symlink() and path.stat().st_size < 1_000_000
+                if small and b"PRIVATE KEY-----" in path.read_bytes():
+                    keys.append(path)
+    assert {path.name for path in keys} == {"runtime.key", "haproxy.pem"}, keys  # each host's own only
+    for path in keys:
+        assert public_key("pkey", "-in", str(path), "-pubout") != ca_public, path
+    assert (ca / "ca.key").exists()  # on the control node, outside every host's files
+
+
+def test_instances_speak_only_tls_with_their_host_certificate(fleet: dict, hosts: TestHosts) -> None:
+    address = hosts.hosts["b"].address
+    with hosts.network_of("a"):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://{address}:8101/health/ready", timeout=10)
+        # The name HAProxy checks (the inventory name), signed by the fleet CA.
+        with (
+            socket.create_connection((address, 8101), timeout=10) as raw,
+            fleet_tls(hosts).wrap_socket(raw, server_hostname="b") as conn,
+        ):
+            assert conn.version() in ("TLSv1.2", "TLSv1.3")
+
+
+# An instance's port, and its internal listener's (metrics, admin: for monitoring hosts only, none here).
+@pytest.mark.parametrize(("port", "from_the_load_balancer"), [(8101, True), (9101, False)])
+def test_only_the_load_balancer_reaches_the_instances(
+    fleet: dict, hosts: TestHosts, port: int, from_the_load_balancer: bool
+) -> None:
+    address = hosts.hosts["b"].address
+    with hosts.network_of("b"):
+        assert connects(address, port)  # the host itself: the port is open, on the private address
+    with hosts.network_of("old"):
+        assert not connects(address, port)  # a third host on the LAN
+    assert not connects(address, port)  # the control node
+    with hosts.network_of("a"):
+        assert connects(address, port) == from_the_load_balancer
 
 
 def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
@@ -160,14 +341,15 @@ def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
     assert (models / "current").resolve().name == before
     assert not (models / "broken-1").exists()
     assert not (models / ".broken-1.partial").exists()
-    served = openai.OpenAI(base_url=f"http://{SUBNET}.11:8101/v1", api_key=KEY, max_retries=0).models.list()
+    with hosts.network_of("a"):
+        served = api(hosts, LB, 8101).models.list()
     assert served.data[0].model_extra["version"] == before
 
 
 def test_unsupported_os_stops_before_any_change(hosts: TestHosts, demo_model: Path, tmp_path: Path) -> None:
     inventory = hosts.inventory(
         tmp_path / "hosts.yml", {"gpu_servers": ["old"], "loadbalancers": ["old"]},
-        fleet_vars(ensure_wheelhouse(), demo_model),
+        fleet_vars(hosts, ensure_wheelhouse(), demo_model),
     )  # fmt: skip
     run = playbook("site.yml", inventory)
     assert run.returncode != 0
@@ -179,7 +361,7 @@ def test_unsupported_os_stops_before_any_change(hosts: TestHosts, demo_model: Pa
 def test_too_little_disk_stops_before_any_change(hosts: TestHosts, demo_model: Path, tmp_path: Path) -> None:
     inventory = hosts.inventory(
         tmp_path / "hosts.yml", {"gpu_servers": ["small"], "loadbalancers": ["small"]},
-        fleet_vars(ensure_wheelhouse(), demo_model),
+        fleet_vars(hosts, ensure_wheelhouse(), demo_model),
     )  # fmt: skip
     run = playbook("site.yml", inventory)
     assert run.returncode != 0
@@ -201,10 +383,9 @@ def test_deploy_a_model_from_the_registry_by_alias(fleet: dict, hosts: TestHosts
     )
     assert run.returncode == 0, run.output[-5000:]
     for name in ("a", "b"):
-        client = openai.OpenAI(
-            base_url=f"http://{hosts.hosts[name].address}:8101/v1", api_key=KEY, max_retries=0
-        )
-        assert client.models.list().data[0].model_extra["version"] == version
+        with hosts.network_of("a"):  # the load balancer's host: the firewall lets it in
+            served = api(hosts, hosts.hosts[name].address, 8101).models.list()
+        assert served.data[0].model_extra["version"] == version
         kept = json.loads(
             (
                 hosts.hosts[name].prefix / f"var/lib/model-runtime/models/demo/{version}/manifest.json"
@@ -283,10 +464,9 @@ def test_fab_canary_upgrades_one_host(fleet: dict, hosts: TestHosts) -> None:
     assert "smoke: a-1" in canary.stdout
 
     def version(name: str) -> str:
-        client = openai.OpenAI(
-            base_url=f"http://{hosts.hosts[name].address}:8101/v1", api_key=KEY, max_retries=0
-        )
-        return client.completions.create(model="demo", prompt="Hi", max_tokens=1).system_fingerprint
+        with hosts.network_of("a"):  # the load balancer's host: the firewall lets it in
+            client = api(hosts, hosts.hosts[name].address, 8101)
+            return client.completions.create(model="demo", prompt="Hi", max_tokens=1).system_fingerprint
 
     assert version("a").startswith(f"model-runtime-{fleet['next_runtime']}:")
     assert not version("b").startswith(f"model-runtime-{fleet['next_runtime']}:")

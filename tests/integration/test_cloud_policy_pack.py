@@ -139,8 +139,26 @@ def test_the_pack_finds_what_the_rules_find_in_each_resource(
             "ssh",
             {"ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "cidrIpv4": "0.0.0.0/0"},
         ),
+        Resource(
+            rules.SECURITY_GROUP,
+            "halves",
+            {
+                "ingress": [
+                    {
+                        "protocol": "-1",
+                        "cidrBlocks": ["0.0.0.0/1", "128.0.0.0/1"],
+                        "ipv6CidrBlocks": ["0::/0"],
+                    }
+                ]
+            },
+        ),
         Resource(rules.GROUP, "one-zone", {"vpcZoneIdentifiers": ["subnet-1"], "healthCheckType": "ELB"}),
         Resource("aws:lb/targetGroup:TargetGroup", "tg", {"healthCheck": {"enabled": True, "path": "/"}}),
+        Resource(
+            "aws:lb/listener:Listener",
+            "open",
+            {"defaultActions": [{"type": "forward", "targetGroupArn": "tg"}]},
+        ),
     ]
     for resource in bad:
         expected = sorted((v.policy, v.message) for v in check_resource(resource))
@@ -165,6 +183,12 @@ def test_a_preview_with_unknown_values_is_not_a_violation(analyzer: analyzer_pb2
         rules.LAUNCH_TEMPLATE, "lt", {"metadataOptions": UNKNOWN_OBJECT, "blockDeviceMappings": []}
     )
     assert analyze(analyzer, template) == []
+    # A listener's actions and a rule's source network, not known yet.
+    assert (
+        analyze(analyzer, Resource("aws:lb/listener:Listener", "l", {"defaultActions": UNKNOWN_OBJECT})) == []
+    )
+    ingress = {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidrBlocks": [UNKNOWN_STRING]}
+    assert analyze(analyzer, Resource(rules.SECURITY_GROUP, "sg", {"ingress": [ingress]})) == []
     bucket = Resource(
         "aws:s3/bucket:Bucket", "b", {"bucket": UNKNOWN_STRING, "arn": UNKNOWN_STRING}, "urn:p::b"
     )

@@ -1,10 +1,12 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
 3 instances), the openai client through the load balancer, an idempotent second run; then, under
 constant load through HAProxy with every request counted, a rolling upgrade of runtime and model, a
-rollback, a broken release, a kill -9, scale runs, and the schedules; stop.yml at the end."""
+rollback, a broken release, a kill -9, a stalled engine, scale runs, and the schedules; stop.yml at the
+end."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import pytest
 from bench.soak import OVERLOAD_SETTINGS, report, soak
 from model_runtime.fleet.cycle import STEPS, parse_cycles
 from tests.support.fleet import KEY, LocalFleet, running_under
+from tests.support.server import engine_pid
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +32,16 @@ INSTANCES = [str(i) for i in range(1, REPLICAS + 1)]
 SERVERS = [f"localhost-{i}" for i in INSTANCES]
 ALL_UP = dict.fromkeys(SERVERS, "UP")
 SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
+# A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
+STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
+RUNTIME_SETTINGS = {**OVERLOAD_SETTINGS, "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL}}
 
 
 @pytest.fixture(scope="module")
 def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     # Few batch slots and queue places per replica, so that the short soak below is an overload.
     fleet = LocalFleet(
-        tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=OVERLOAD_SETTINGS
+        tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
     )
     fleet.first = fleet.run("site.yml")
     fleet.v2 = fleet.model_version("v2")
@@ -150,7 +156,11 @@ def test_driver_upgrade_skips_hosts_without_a_gpu(fleet: LocalFleet) -> None:
 
 def test_driver_upgrade_plan_in_check_mode_changes_nothing(fleet: LocalFleet) -> None:
     before = fleet.releases()
-    plan = {"nvidia_driver_version": "575", "nvidia_driver_gpu_override": True}
+    plan = {
+        "nvidia_driver_version": "575",
+        "nvidia_driver_gpu_override": True,
+        "nvidia_driver_keyring_sha256": "0" * 64,
+    }
     run = fleet.run("driver-upgrade.yml", plan, "--check")
     assert run.returncode == 0, run.output[-3000:]
     assert "would install cuda-drivers-575" in run.output
@@ -182,6 +192,32 @@ def test_kill_9_of_a_replica_costs_no_non_streaming_request(fleet: LocalFleet) -
             assert time.monotonic() < deadline, "the killed replica did not come back"
             time.sleep(0.5)
         traffic.wait_for(len(traffic.outcomes) + 40)
+    assert [o for o in traffic.failures if not o.stream] == []
+    assert back_up(fleet, pid), (fleet.supervisorctl("status"), fleet.server_checks())
+
+
+def test_a_stalled_engine_is_taken_out_and_its_replica_restarted(fleet: LocalFleet) -> None:
+    """SIGSTOP on instance 2's engine process: its readiness turns 503 (HAProxy takes it out), its
+    requests end with 503 engine_stalled (HAProxy retries the ones not yet streaming elsewhere), the
+    process exits non-zero, supervisord starts it again and it rejoins."""
+    pid = int(fleet.supervisorctl("pid", "model-runtime-2"))
+    engine = engine_pid(pid)
+    seen: set[str | None] = set()
+    try:
+        with fleet.load() as traffic:
+            traffic.wait_for(20)
+            os.kill(engine, signal.SIGSTOP)
+            deadline = time.monotonic() + 180
+            while not back_up(fleet, pid):
+                assert time.monotonic() < deadline, (seen, fleet.supervisorctl("status"))
+                seen.add(fleet.replica_readiness(2))
+                time.sleep(0.2)
+            traffic.wait_for(len(traffic.outcomes) + 40)
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(engine, sig)
+    assert "stalled" in seen
     assert [o for o in traffic.failures if not o.stream] == []
     assert back_up(fleet, pid), (fleet.supervisorctl("status"), fleet.server_checks())
 

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 from pathlib import Path
 
 import pytest
 
+from model_runtime.registry import registry as registry_module
 from model_runtime.registry import stores
 from model_runtime.registry.registry import Registry, RegistryError
 from model_runtime.registry.stores import LocalStore
-from tests.support.s3 import make_bucket, s3_server
+from tests.support.manifests import CASES, Crafted, crafted, manifest_of, plant
+from tests.support.s3 import make_bucket
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(params=["folder", "s3"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
-    if request.param == "folder":
-        return Registry.open(str(tmp_path / "registry"))
-    request.getfixturevalue("s3")
-    bucket = f"models-{secrets.token_hex(4)}"
-    make_bucket(bucket)
-    return Registry.open(f"s3://{bucket}/team/registry")
 
 
 def model_folder(path: Path, seed: int, size: int = 2048) -> Path:
@@ -176,6 +163,119 @@ def test_large_files_go_up_in_parts(s3: str, tmp_path: Path, monkeypatch: pytest
 
 
 def test_bad_references_are_named(registry: Registry) -> None:
-    for ref in ("", "a b", "demo@", "demo:", "../x"):
+    for ref in ("", "a b", "demo@", "demo:", "../x", "demo:../x", "demo:a/b", "demo:.hidden", "demo@../x"):
         with pytest.raises(RegistryError, match="not a reference"):
             registry.resolve(ref)
+
+
+# --- what is read from the store is not trusted (issue 11, item 1) -----------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_a_crafted_manifest_is_refused_before_anything_is_written(
+    registry: Registry, tmp_path: Path, case: Crafted
+) -> None:
+    outside = tmp_path / "outside"
+    plant(registry.store, "demo", "v1", crafted(case, outside))
+    host = tmp_path / "host"
+    host.mkdir()
+    with pytest.raises(RegistryError, match=re.escape(case.says)):
+        registry.pull("demo:v1", host / "v1")
+    with pytest.raises(RegistryError, match=re.escape(case.says)):
+        registry.fetch_plan("demo:v1")  # what the model_artifacts role would fetch
+    assert list(host.iterdir()) == []  # nothing staged, nothing beside the destination
+    assert not outside.exists()
+
+
+def test_a_pulled_copy_whose_files_lead_outside_is_refused(registry: Registry, tmp_path: Path) -> None:
+    """An existing destination is verified, not downloaded again: a link in it must not pass for the
+    model's files, which the server would then load from wherever the link points."""
+    version = registry.push("demo", model_folder(tmp_path / "m1", 1))["version"]
+    dest = tmp_path / "host" / version
+    registry.pull(f"demo:{version}", dest)
+    elsewhere = tmp_path / "elsewhere"
+    (dest / "weights").rename(elsewhere)
+    (dest / "weights").symlink_to(elsewhere)  # the same bytes, outside the folder
+    with pytest.raises(RegistryError, match=r"weights/part-0\.bin: resolves to .*elsewhere.*, outside"):
+        registry.pull(f"demo:{version}", dest)
+
+
+@pytest.mark.parametrize(
+    ("record", "says"),
+    [
+        ({"version": "../escaped", "history": []}, "version '../escaped': not a name"),
+        ({"version": "v1", "history": ["v0", "/etc"]}, "history[1] '/etc': not a name"),
+        ({"version": "v1"}, "history None: not a list"),
+    ],
+    ids=["target", "history", "no-history"],
+)
+def test_a_crafted_alias_record_is_refused(
+    registry: Registry, tmp_path: Path, record: dict, says: str
+) -> None:
+    plant(registry.store, "demo", "v1", manifest_of("demo", "v1", ["config.json"]))
+    registry.store.write_bytes("demo/aliases/stable.json", json.dumps(record).encode())
+    for action in (
+        lambda: registry.resolve("demo@stable"),
+        lambda: registry.pull("demo@stable", tmp_path / "host" / "v1"),
+        lambda: registry.promote("demo", "v1", "stable"),
+        lambda: registry.rollback("demo", "stable"),
+    ):
+        with pytest.raises(RegistryError, match=re.escape(f"demo/aliases/stable.json: refused: {says}")):
+            action()
+    assert not (tmp_path / "host").exists()
+
+
+def test_a_manifest_stored_under_another_version_is_refused(registry: Registry) -> None:
+    plant(registry.store, "demo", "v1", manifest_of("demo", "v2", ["config.json"]))
+    with pytest.raises(RegistryError, match="refused: it describes demo:v2"):
+        registry.fetch_plan("demo:v1")
+
+
+# --- alias moves are compare-and-swap (issue 11, item 16) -------------------------------------------
+
+
+def test_concurrent_promotions_lose_no_version(registry: Registry, tmp_path: Path) -> None:
+    """Every promotion lands: its version is the alias's target or in its history, whatever the
+    interleaving (before, two writers read the same record and the second write dropped the first)."""
+    writers = 8
+    versions = [registry.push("demo", model_folder(tmp_path / f"m{i}", i))["version"] for i in range(writers)]
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def promote(version: str) -> None:
+        start.wait()
+        try:
+            registry.promote("demo", version, "stable")
+        except BaseException as exc:  # reported by the assertion below, not lost in the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    record = registry.aliases("demo")["stable"]
+    assert sorted([record["version"], *record["history"]]) == sorted(versions)
+
+
+class OutrunStore(LocalStore):
+    """A real folder store in which another writer moves the alias between every read and write."""
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        current = json.loads(self.read_bytes(key))
+        self.write_bytes(key, json.dumps({**current, "updated": secrets.token_hex(4)}).encode())
+        return super().write_if(key, data, tag)
+
+
+def test_a_promotion_that_keeps_losing_gives_up_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "ALIAS_WRITE_ATTEMPTS", 3)
+    plain = Registry.open(str(tmp_path / "registry"))
+    first, second = (plain.push("demo", model_folder(tmp_path / f"m{i}", i))["version"] for i in range(2))
+    plain.promote("demo", first, "stable")
+    outrun = Registry(OutrunStore(tmp_path / "registry"))
+    with pytest.raises(RegistryError, match="other writers moved the alias during each of 3 attempts"):
+        outrun.promote("demo", second, "stable")
+    assert plain.resolve("demo@stable") == ("demo", first)

@@ -8,12 +8,15 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from model_runtime.config import load_settings
 from tests.support.ansible import BIN, ensure_wheelhouse, playbook
 from tests.support.models import REPO
 from tests.support.server import free_port
@@ -21,6 +24,9 @@ from tests.support.server import free_port
 pytestmark = pytest.mark.integration
 
 LOCAL = REPO / "inventories" / "local"
+# A well-formed sha256 for the CUDA repository's keyring package (check mode never fetches it).
+KEYRING = {"nvidia_driver_keyring_sha256": "0" * 64}
+ROLE_DEFAULTS = yaml.safe_load((REPO / "roles" / "model_runtime" / "defaults" / "main.yml").read_text())
 
 
 def task_statuses(output: str) -> list[tuple[str, str, str]]:
@@ -42,7 +48,7 @@ def test_nvidia_driver_skips_a_host_without_gpu() -> None:
 
 
 def test_nvidia_driver_plan_in_check_mode_with_a_gpu() -> None:
-    run = playbook("drivers.yml", LOCAL, {"nvidia_driver_gpu_override": True}, "--check")
+    run = playbook("drivers.yml", LOCAL, {"nvidia_driver_gpu_override": True, **KEYRING}, "--check")
     assert run.returncode == 0, run.output[-3000:]
     plan = {name: (status, message) for name, status, message in task_statuses(run.output)}
     assert plan["Report the repository a real run adds (check mode)"][1].startswith(
@@ -60,8 +66,20 @@ def test_nvidia_driver_plan_in_check_mode_with_a_gpu() -> None:
     assert not Path("/etc/apt/preferences.d/model-runtime-nvidia-driver.pref").exists()  # check mode
 
 
+def test_nvidia_driver_refuses_a_keyring_without_its_sha256() -> None:
+    """The keyring package decides what apt trusts: without its checksum it is never fetched."""
+    run = playbook("drivers.yml", LOCAL, {"nvidia_driver_gpu_override": True}, "--check")
+    assert run.returncode != 0
+    assert (
+        "nvidia_driver_keyring_sha256 must be the sha256 of https://developer.download.nvidia.com"
+        in run.output
+    )
+    plan = {name: status for name, status, _ in task_statuses(run.output)}
+    assert "Ensure the driver packages are pinned to 570" not in plan  # stopped before any change
+
+
 def test_nvidia_driver_refuses_an_implicit_version_change() -> None:
-    facts = {"nvidia_driver_gpu_override": True, "nvidia_driver_installed": "535.183.01"}
+    facts = {"nvidia_driver_gpu_override": True, "nvidia_driver_installed": "535.183.01", **KEYRING}
     run = playbook("drivers.yml", LOCAL, facts, "--check")
     assert run.returncode != 0
     assert "runs NVIDIA driver 535.183.01, not 570: changing it is explicit" in run.output
@@ -69,8 +87,9 @@ def test_nvidia_driver_refuses_an_implicit_version_change() -> None:
     assert allowed.returncode == 0, allowed.output[-3000:]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
+def render_instance(tmp_path: Path) -> tuple[Path, Path]:
+    """Instance 1's systemd unit and configuration file, rendered with the role's templates and
+    defaults (tests/integration/playbooks/render_systemd_unit.yml)."""
     release = tmp_path / "release"
     (release / "venv" / "bin").mkdir(parents=True)
     executable = release / "venv" / "bin" / "model-runtime"
@@ -82,7 +101,34 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, cwd=REPO,
     )  # fmt: skip
     assert render.returncode == 0, render.stdout[-2000:]
-    unit = tmp_path / "model-runtime-1.service"
+    return tmp_path / "model-runtime-1.service", tmp_path / "instance-1.yaml"
+
+
+def unit_settings(unit: Path) -> dict[str, list[str]]:
+    """Directive -> its values, in order, across the unit's sections."""
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def writable_paths(directives: dict[str, list[str]]) -> list[Path]:
+    """Where a unit under ProtectSystem=strict may write: its ReadWritePaths, the folders systemd makes
+    for it (StateDirectory= and the like), and a private /tmp."""
+    paths = [Path(p.lstrip("-+")) for v in directives.get("ReadWritePaths", []) for p in v.split()]
+    for directive, base in (("StateDirectory", "/var/lib"), ("CacheDirectory", "/var/cache"),
+                            ("LogsDirectory", "/var/log"), ("RuntimeDirectory", "/run")):  # fmt: skip
+        paths += [Path(base) / name for v in directives.get(directive, []) for name in v.split()]
+    if directives.get("PrivateTmp") == ["yes"]:
+        paths += [Path("/tmp"), Path("/var/tmp")]  # noqa: S108 - the unit's own private /tmp
+    return paths
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
+    unit, _ = render_instance(tmp_path)
     text = unit.read_text()
     hardening = (
         "NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=always", "User=daemon",
@@ -90,12 +136,40 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path: Path) -> None:
     )  # fmt: skip
     for directive in hardening:
         assert directive in text
+    # Crash loops stop: the start limit lets model_runtime_start_retries restarts of a process that
+    # dies just before its model is loaded (each start a load time and a restart delay apart) happen
+    # within its interval, and refuses the next start.
+    directives = unit_settings(unit)
+    retries, load, delay = (
+        ROLE_DEFAULTS[f"model_runtime_{name}"]
+        for name in ("start_retries", "load_seconds", "restart_delay_s")
+    )
+    burst = int(directives["StartLimitBurst"][0])
+    assert burst == retries + 1
+    assert int(directives["StartLimitIntervalSec"][0]) >= burst * (load + delay)
+    assert directives["RestartSec"] == [str(delay)]
     verify = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
     )
     problems = [line for line in verify.stderr.splitlines() if "model-runtime-1.service" in line]
     assert verify.returncode == 0, verify.stderr
     assert not problems, verify.stderr
+
+
+def test_every_path_the_runtime_writes_is_writable_under_its_unit(tmp_path: Path) -> None:
+    """ProtectSystem=strict makes the system read-only: the registry cache (registry: model paths, hot
+    swaps, ensemble members) and the instance's state (its start count) must be writable paths."""
+    unit, config = render_instance(tmp_path)
+    directives = unit_settings(unit)
+    assert directives["ProtectSystem"] == ["strict"]
+    settings = load_settings(config)
+    # The service user's home is the install folder (tasks/user.yml): where "~" leads.
+    home = ROLE_DEFAULTS["model_runtime_install_dir"].replace("{{ model_runtime_prefix }}", "")
+    cache = Path(str(settings.registry.cache_dir).replace("~", home, 1))
+    assert settings.server.state_dir is not None, "no state folder: the start count would not survive"
+    writable = writable_paths(directives)
+    for written in (cache, settings.server.state_dir):
+        assert any(written.is_relative_to(path) for path in writable), (written, writable)
 
 
 def test_example_inventory_resolves_with_vault_indirection() -> None:
@@ -137,7 +211,9 @@ def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
     assert host.local
 
 
-@pytest.mark.parametrize("taken", ["model_runtime_base_port", "loadbalancer_port"])
+@pytest.mark.parametrize(
+    "taken", ["model_runtime_base_port", "model_runtime_metrics_base_port", "loadbalancer_port"]
+)
 def test_a_port_taken_by_another_program_stops_site_before_any_change(
     taken: str, demo_model: Path, tmp_path: Path
 ) -> None:
@@ -152,6 +228,7 @@ def test_a_port_taken_by_another_program_stops_site_before_any_change(
             "model_artifacts_source": str(demo_model),
             "model_runtime_instances": 1,
             "model_runtime_base_port": free_port(),
+            "model_runtime_metrics_base_port": free_port(),
             "loadbalancer_port": free_port(),
             "loadbalancer_stats_port": free_port(),
             "model_runtime_api_keys": ["preflight-test-key"],
@@ -161,6 +238,29 @@ def test_a_port_taken_by_another_program_stops_site_before_any_change(
     assert run.returncode != 0
     assert f"port {port} is taken by another program" in run.output, run.output[-3000:]
     assert not prefix.exists()  # the checks stopped the run before any role wrote anything
+
+
+def test_scheduled_run_logs_are_readable_by_the_runs_user_only(tmp_path: Path) -> None:
+    """A run's log holds what its tasks printed: cron's umask (022) must not make it world-readable."""
+    prefix = tmp_path / "fs"
+    run = playbook("control.yml", LOCAL, {"fleet_prefix": str(prefix)})
+    assert run.returncode == 0, run.output[-3000:]
+    logs = prefix / "var/log/model-runtime/schedules"
+    log = logs / "evenings.log"
+    log.write_text("a log from an older runner\n")
+    log.chmod(0o644)
+    runner = prefix / "var/lib/model-runtime/schedules/fleet-run"
+    # As cron starts it (umask 022), with a playbook run that only checks its syntax.
+    as_cron = ["/bin/sh", "-c", 'umask 022 && exec "$@"', "sh"]
+    done = subprocess.run(
+        [*as_cron, str(runner), "evenings", "status.yml", "--syntax-check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, log.read_text()[-3000:]
+    assert "exit 0" in log.read_text()
+    status = prefix / "var/lib/model-runtime/schedules/evenings.status"
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (logs, log, status)}
+    assert modes == {"schedules": 0o700, "evenings.log": 0o600, "evenings.status": 0o600}
 
 
 def haproxy_module(sock: Path, state: str) -> dict:

@@ -34,13 +34,14 @@ class PlaybookRun:
 
 
 def playbook(
-    name: str,
+    name: str | Path,
     inventory: Path,
     extra_vars: dict | None = None,
     *args: str,
     env: dict[str, str] | None = None,
     timeout: float = 1200,
 ) -> PlaybookRun:
+    # A name is one of playbooks/; a test's own playbook is given by its path.
     command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name), *args]
     if extra_vars:
         command += ["-e", json.dumps(extra_vars)]

@@ -83,10 +83,12 @@ class LocalFleet:
         wheelhouse = ensure_wheelhouse()
         self.prefix = self.root / "fs"
         newer, self.new_runtime = release_wheelhouse(self.root / "wheelhouse-next", "next")
+        ports = consecutive_free_ports(2 * self.instances)  # the API ports, then the internal listeners'
         self.settings = {
             "fleet_prefix": str(self.prefix),
             "model_runtime_instances": self.instances,
-            "model_runtime_base_port": consecutive_free_ports(self.instances),
+            "model_runtime_base_port": ports,
+            "model_runtime_metrics_base_port": ports + self.instances,
             "loadbalancer_port": free_port(),
             "loadbalancer_stats_port": free_port(),
             "model_runtime_api_keys": [KEY],
@@ -132,13 +134,17 @@ class LocalFleet:
                 pids[f"localhost-{i}"] = int(pid)
         return pids
 
-    def replica_ready(self, instance: int) -> bool:
-        """The instance's own /health/ready, asked directly (not through HAProxy)."""
+    def replica_readiness(self, instance: int) -> str | None:
+        """The instance's own /health/ready status ("ready", "stalled", ...), asked directly (not through
+        HAProxy); None when it does not answer."""
         port = self.settings["model_runtime_base_port"] + instance - 1
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()["status"]
         except httpx.HTTPError:
-            return False
+            return None
+
+    def replica_ready(self, instance: int) -> bool:
+        return self.replica_readiness(instance) == "ready"
 
     def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, BackgroundLoad]:
         """A playbook run with constant client load through HAProxy before, during and after it."""

@@ -3,17 +3,21 @@ real sshd in each. Made and removed by the test that needs them.
 
 Namespaces separate the network, not the filesystem, so each host gets its own path prefix for what
 Ansible installs. A host can also get a mount namespace of its own, to look like another system (an
-/etc/os-release of an unsupported release) or to have a small disk (a tmpfs at its prefix).
+/etc/os-release of an unsupported release) or to have a small disk (a tmpfs at its prefix). A test can
+also connect from a host, as that host would (`network_of`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,14 @@ import yaml
 
 BRIDGE = "mrtbr0"
 SUBNET = "10.231.0"
+CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns only exists from Python 3.12
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _LIBC.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -146,6 +158,20 @@ class TestHosts:
             time.sleep(0.2)
 
     # --- use ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def network_of(self, name: str) -> Iterator[None]:
+        """The calling thread joins a host's network namespace: the sockets it opens meanwhile are that
+        host's (its address, its firewall), as a client on that host would connect."""
+        with (
+            open("/proc/thread-self/ns/net") as own,
+            open(f"/run/netns/{self.hosts[name].namespace}") as host,
+        ):
+            _setns(host.fileno())
+            try:
+                yield
+            finally:
+                _setns(own.fileno())
+
     def ssh(self, name: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
         host = self.hosts[name]
         return subprocess.run(
@@ -192,3 +218,12 @@ class TestHosts:
                 time.sleep(0.2)
             _run("ip", "netns", "delete", host.namespace, check=False)
         _run("ip", "link", "delete", BRIDGE, check=False)
+
+
+def connects(address: str, port: int) -> bool:
+    """Whether a TCP connection from here (this thread's network namespace) is accepted."""
+    try:
+        socket.create_connection((address, port), timeout=10).close()
+    except ConnectionRefusedError:
+        return False
+    return True

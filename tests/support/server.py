@@ -1,10 +1,12 @@
-"""A real `model-runtime serve` process on a free loopback port, stopped by whoever started it."""
+"""A real `model-runtime serve` process on free loopback ports (the public listener and the internal one
+for metrics and admin), stopped by whoever started it."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,17 +28,26 @@ def free_port() -> int:
 
 class RuntimeProcess:
     def __init__(
-        self, model: Path, workdir: Path, settings: dict | None = None, name: str | None = None
+        self,
+        model: Path,
+        workdir: Path,
+        settings: dict | None = None,
+        name: str | None = None,
+        verify: ssl.SSLContext | None = None,  # a server with server.tls_certfile: the client's trust
     ) -> None:
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.verify = verify or True
+        scheme = "https" if verify else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.internal_url = f"{scheme}://127.0.0.1:{self.metrics_port}"  # /metrics, /admin, /openapi.json
         self.name = name or model.name
         keys = workdir / "api-keys"
         keys.write_text(f"# test keys\n{API_KEY}\n")
         keys.chmod(0o600)
         config = {
             "model": {"path": str(model), "served_name": self.name, "version": "test"},
-            "server": {"port": self.port, "api_keys_file": str(keys)},
+            "server": {"port": self.port, "metrics_port": self.metrics_port, "api_keys_file": str(keys)},
             "scheduler": {"torch_threads": 1},
         }
         for section, values in (settings or {}).items():
@@ -66,7 +77,8 @@ class RuntimeProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+                ready = httpx.get(f"{self.base_url}/health/ready", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -76,11 +88,16 @@ class RuntimeProcess:
     def client(self, **kwargs: object) -> openai.OpenAI:
         kwargs.setdefault("api_key", API_KEY)
         kwargs.setdefault("max_retries", 0)  # the client would otherwise retry 429/503 behind our back
+        if self.verify is not True:
+            kwargs.setdefault("http_client", openai.DefaultHttpxClient(verify=self.verify))
         return openai.OpenAI(base_url=f"{self.base_url}/v1", **kwargs)
 
     def http(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+            verify=self.verify,
         )
 
     def log(self) -> str:
@@ -89,6 +106,10 @@ class RuntimeProcess:
     def signal(self, sig: int) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
+
+    def engine_pid(self) -> int:
+        assert self.process is not None
+        return engine_pid(self.process.pid)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -101,10 +122,19 @@ class RuntimeProcess:
             return self.process.wait()
 
 
+def engine_pid(server_pid: int) -> int:
+    """A server's engine process: its child started by multiprocessing's spawn."""
+    threads = Path(f"/proc/{server_pid}/task").iterdir()  # any thread may have started it
+    for child in (c for thread in threads for c in (thread / "children").read_text().split()):
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+            return int(child)
+    raise AssertionError(f"no engine process under {server_pid}")
+
+
 def metric_value(server: RuntimeProcess, name: str, **labels: str) -> float:
-    """Sum of the samples of one metric (optionally filtered by labels) from /metrics, parsed with
-    prometheus_client's own parser."""
-    text = httpx.get(f"{server.base_url}/metrics").text
+    """Sum of the samples of one metric (optionally filtered by labels) from /metrics (on the internal
+    listener), parsed with prometheus_client's own parser."""
+    text = httpx.get(f"{server.internal_url}/metrics").text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -35,6 +35,33 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
         ("server: {port: 1}\n", {}, "model.path: required"),
         ("- just\n- a list\n", {}, "top level must be a mapping"),
         ("model: {path: /m\n", {}, "not valid YAML"),
+        # The internal listener (metrics, admin) never on a wildcard or public address, nor on the API's port.
+        (
+            "model: {path: /m}\nserver: {metrics_host: 0.0.0.0}\n",
+            {},
+            "server.metrics_host: 0.0.0.0: must be a loopback or private",
+        ),
+        (
+            "model: {path: /m}\nserver: {metrics_host: 8.8.8.8}\n",
+            {},
+            "8.8.8.8: must be a loopback or private",
+        ),
+        (
+            "model: {path: /m}\nserver: {metrics_host: gpu-a01}\n",
+            {},
+            "server.metrics_host: 'gpu-a01': must be an IP address",
+        ),
+        (
+            "model: {path: /m}\nserver: {port: 8101, metrics_port: 8101}\n",
+            {},
+            "server: metrics_port: 8101 is server.port too",
+        ),
+        ("model: {path: /m}\nserver: {max_prompt_chars: 0}\n", {}, "server.max_prompt_chars"),
+        (
+            "model: {path: /m}\nscheduler: {engine_stall_s: 60, engine_stall_exit_s: 30}\n",
+            {},
+            "scheduler: engine_stall_exit_s: 30.0 is below engine_stall_s",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, named: str) -> None:
@@ -58,6 +85,14 @@ def test_no_key_is_refused_unless_explicitly_unauthenticated(monkeypatch: pytest
         None, {"model": {"path": "/m"}, "server": {"allow_unauthenticated": True}}, {}
     )
     assert open_settings.api_keys() == frozenset()
+
+
+def test_the_internal_listener_takes_loopback_and_private_addresses() -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "10.20.1.11", "fd00::5"):
+        settings = load_settings(
+            None, {"model": {"path": "/m"}, "server": {"metrics_host": host}}, environ={}
+        )
+        assert settings.server.metrics_host == host
 
 
 def test_unreadable_key_file_is_named(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def config(tmp_path: Path, **changes: object) -> dict:
         "region": "us-east-1",
         "bucket": "models",
         "bundle_key": "bundles/b.tar.gz",
-        "bundle_sha256": "",
+        "bundle_sha256": "0" * 64,
         "runtime_version": "0.1.0",
         "api_keys": "ssm:/fleet/keys",
         "prefix": str(tmp_path / "fs"),
@@ -151,3 +151,22 @@ def test_a_failed_boot_is_recorded_and_exits_1(tmp_path: Path) -> None:
     assert status["ok"] is False
     assert "fetching s3://models/bundles/b.tar.gz failed: NoSuchBucket" in status["error"]
     assert "failed: fetching" in (tmp_path / "fs/var/log/model-runtime/boot.log").read_text()
+
+
+@mock_aws
+@pytest.mark.parametrize("pinned", [{"bundle_sha256": ""}, {"bundle_sha256": None}])
+def test_a_bundle_without_a_pinned_sha256_is_refused_before_it_is_fetched(
+    tmp_path: Path, pinned: dict
+) -> None:
+    # A good bundle of the right release is in the bucket: only the missing pin stops it.
+    manifest = json.dumps({"runtime_version": "0.1.0"}).encode()
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("bundle.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    s3.upload_file(str(tmp_path / "b.tar.gz"), "models", "bundles/b.tar.gz")
+    with pytest.raises(BootError, match="bundle_sha256: the stack pins no sha256"):
+        Boot(config(tmp_path, **pinned)).fetch_bundle(s3)
+    assert not (tmp_path / "fs/opt").exists()  # nothing fetched, nothing unpacked

@@ -27,6 +27,9 @@ def refused(stack: str, overrides: dict[str, Any]) -> ConfigError:
         ("dev", {"runtimeVersion": None}, "runtimeVersion", "is required"),
         ("dev", {"runtimeVersion": "latest"}, "runtimeVersion", "not a runtime release"),
         ("dev", {"runtimeBundleSha256": "abc123"}, "runtimeBundleSha256", "not a sha256"),
+        # An instance boots only a bundle whose sha256 the stack pins: none pinned is no stack.
+        ("dev", {"runtimeBundleSha256": None}, "runtimeBundleSha256", "infra/bundle.py prints it"),
+        ("prod", {"runtimeBundleSha256": ""}, "runtimeBundleSha256", "is required"),
         ("dev", {"model": "demo@"}, "model", "not a reference"),
         ("dev", {"model": "demo:v1\nruncmd: [reboot]"}, "model", "not a reference"),
         ("dev", {"apiKeys": None}, "apiKeys", "is required"),
@@ -109,6 +112,19 @@ def refused(stack: str, overrides: dict[str, Any]) -> ConfigError:
         ),
         ("dev", {"endpoint.allowedCidrs": ["everyone"]}, "endpoint.allowedCidrs", "not a network"),
         ("dev", {"endpoint.idleTimeoutSeconds": 0}, "endpoint.idleTimeoutSeconds", "at least 1"),
+        # The deregistration delay follows the runtime's longest request: one source, not two.
+        (
+            "dev",
+            {"endpoint.deregistrationDelaySeconds": 45},
+            "endpoint.deregistrationDelaySeconds",
+            "derived from fleet.runtimeSettings.scheduler.request_timeout_s",
+        ),
+        (
+            "dev",
+            {"fleet.runtimeSettings": {"scheduler": {"request_timeout_s": 3600.5}}},
+            "fleet.runtimeSettings.scheduler.request_timeout_s",
+            "above the load balancer's longest deregistration delay (3600 s)",
+        ),
         ("dev", {"network": "big"}, "network", "must be an object"),
     ],
 )

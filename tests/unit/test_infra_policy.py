@@ -117,6 +117,79 @@ def test_ranges_protocols_and_older_rule_types_are_checked_too() -> None:
     assert check_resource(world_rule(22, "10.0.0.0/8")) == []
 
 
+# World-open is containment, not spelling: any source outside private address space is the world.
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "0.0.0.0/0",
+        "0.0.0.0/00",
+        "0.0.0.0/1",
+        "128.0.0.0/1",
+        "::/0",
+        "0::/0",
+        "0000:0000::/0",
+        "8000::/1",
+        "::ffff:0:0/96",  # every IPv4 address, IPv4-mapped
+        "10.0.0.0/7",  # 10/8 and 11/8: half of it is public
+        "172.0.0.0/8",
+        "203.0.113.7/32",  # one public address is still the internet's
+        "2001:db8::/32",
+        "everyone",  # not a network: counted as public
+    ],
+)
+def test_an_admin_port_open_beyond_private_networks_is_refused_however_spelled(cidr: str) -> None:
+    only([*graph(), world_rule(22, cidr)], "no-world-open-admin-or-runtime-port", "open-22", "port 22 (SSH)")
+    assert check_resource(world_rule(443, cidr)) == []  # the listeners' ports are for the world
+
+
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "10.0.0.0/8",
+        "10.40.3.0/24",
+        "10.0.0.1/8",
+        "172.16.0.0/12",
+        "192.168.1.5/32",
+        "100.64.0.0/10",
+        "fd00::/8",
+    ],
+)
+def test_an_admin_port_open_to_a_private_network_is_allowed(cidr: str) -> None:
+    assert check_resource(world_rule(22, cidr)) == []
+
+
+def test_a_list_of_networks_covering_the_internet_is_refused() -> None:
+    halves = Resource(
+        rules.SECURITY_GROUP,
+        "halves",
+        {
+            "ingress": [
+                {
+                    "protocol": "tcp",
+                    "fromPort": 8101,
+                    "toPort": 8101,
+                    "cidrBlocks": ["0.0.0.0/1", "128.0.0.0/1"],
+                    "ipv6CidrBlocks": ["0::/1", "8000::/1"],
+                }
+            ]
+        },
+    )
+    found = check_resource(halves)
+    assert [v.message.split(" (")[0] for v in found] == [
+        "ingress from 0.0.0.0/1",
+        "ingress from 128.0.0.0/1",
+        "ingress from 0::/1",
+        "ingress from 8000::/1",
+    ]
+    assert "0::/1 (::/1, holds public addresses) to port 8101 (the runtime)" in found[2].message
+    older = Resource(
+        rules.SECURITY_GROUP_RULE,
+        "older",
+        {"type": "ingress", "protocol": "-1", "fromPort": 0, "toPort": 0, "ipv6CidrBlocks": ["0::/0"]},
+    )
+    assert "every port" in check_resource(older)[0].message
+
+
 # --- instances ------------------------------------------------------------------------------------
 def test_a_missing_imdsv2_requirement_is_refused() -> None:
     resources = edit(graph(), "gpu-lt", lambda p: p["metadataOptions"].update(httpTokens="optional"))
@@ -189,6 +262,25 @@ def test_a_health_check_not_on_ready_is_refused() -> None:
     only(resources, "health-check-on-ready", "endpoint-runtime", "no health check")
     resources = edit(graph(), "gpu-asg", lambda p: p.update(healthCheckType="EC2"))
     only(resources, "group-health-from-load-balancer", "gpu-asg", "health_check_type is EC2")
+
+
+def test_a_listener_forwarding_every_path_is_refused() -> None:
+    def forward_by_default(props: dict) -> None:
+        props["defaultActions"] = [{"type": "forward", "targetGroupArn": "arn:aws:lb:tg"}]
+
+    only(
+        edit(graph(), "endpoint-https", forward_by_default),
+        "listener-forwards-no-default",
+        "endpoint-https",
+        "default action 0 forwards every path",
+    )
+    # The redirect from 80 and a 404 are fine; so is a value not known yet (a preview).
+    for name in ("endpoint-http-redirect", "endpoint-https"):
+        assert check_resource(next(r for r in graph() if r.name == name)) == []
+    unknown = Resource(
+        next(iter(rules.LISTENERS)), "l", UnknownAt({"defaultActions": []}, {"defaultActions"})
+    )
+    assert check_resource(unknown) == []
 
 
 # --- buckets ---------------------------------------------------------------------------------------

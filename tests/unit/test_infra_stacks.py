@@ -255,6 +255,49 @@ def test_instances_accept_the_runtime_port_from_the_load_balancer_only() -> None
     assert target_group["port"] == 8101
 
 
+LISTENER = "aws:lb/listener:Listener"
+LISTENER_RULE = "aws:lb/listenerRule:ListenerRule"
+
+
+@pytest.mark.parametrize(("stack", "serving_port"), [("dev", 80), ("prod", 443)])
+def test_the_load_balancer_forwards_only_the_api_and_readiness(stack: str, serving_port: int) -> None:
+    run = program(stack)
+    listeners = {r.inputs["port"]: r for r in run.of_type(LISTENER)}
+    serving = listeners[serving_port]
+    # Any path no rule allows gets a 404 from the load balancer itself, in the OpenAI error envelope.
+    (default,) = serving.inputs["defaultActions"]
+    assert default["type"] == "fixed-response"
+    response = default["fixedResponse"]
+    assert (response["statusCode"], response["contentType"]) == ("404", "application/json")
+    assert json.loads(response["messageBody"]) == {
+        "error": {"message": "Not Found", "type": "invalid_request_error", "param": None, "code": "not_found"}
+    }
+    assert not any(a["type"] == "forward" for r in listeners.values() for a in r.inputs["defaultActions"])
+    # The only forwarding: one rule on the serving listener, for /v1/* and the health path.
+    (rule,) = run.of_type(LISTENER_RULE)
+    assert rule.inputs["listenerArn"] == serving.state["arn"]
+    assert rule.inputs["actions"] == [
+        {"type": "forward", "targetGroupArn": run.one("aws:lb/targetGroup:TargetGroup").state["arn"]}
+    ]
+    assert rule.inputs["conditions"] == [{"pathPattern": {"values": ["/v1/*", "/health/ready"]}}]
+
+
+@pytest.mark.parametrize(
+    ("request_timeout_s", "delay"),
+    [(None, 630), (1200, 1230), (5, 35), (90.5, 121), (3590, 3600), (3600, 3600)],
+)
+def test_an_instance_leaving_the_group_may_finish_its_longest_request(
+    request_timeout_s: float | None, delay: int
+) -> None:
+    # The runtime's own limit (its default when the stack says nothing), plus a grace, within the
+    # ALB's longest deregistration delay (3600 s).
+    settings = {"scheduler": {"request_timeout_s": request_timeout_s}} if request_timeout_s else None
+    run = run_program("dev", {"fleet.runtimeSettings": settings})
+    assert run.one("aws:lb/targetGroup:TargetGroup").inputs["deregistrationDelay"] == delay
+    if request_timeout_s:
+        assert boot_config(run)["vars"]["model_runtime_settings"]["scheduler"] == settings["scheduler"]
+
+
 def test_the_bucket_is_versioned_encrypted_private_and_tls_only() -> None:
     run = program("prod")
     bucket = run.one("aws:s3/bucket:Bucket")

@@ -1,6 +1,6 @@
 """Sampling, as a property: over any logits and any temperature the API accepts (0 to 2, the tiniest
 positive ones included), the sampler picks a token the distribution allows: never a suppressed EOS,
-and with top_p = 0 always the most likely token."""
+and with top_p = 0 always the most likely token; a logit bias moves exactly the tokens it names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_runtime.scheduler.params import SamplingParams
-from model_runtime.scheduler.sampling import SampleRow, make_generator, sample
+from model_runtime.scheduler.sampling import SampleRow, make_bias, make_generator, sample
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,7 @@ temperatures = st.one_of(
 
 
 def _sample(logits: list[float], params: SamplingParams, seed: int, suppress_eos: bool) -> int:
-    row = SampleRow(params, make_generator(seed), suppress_eos)
+    row = SampleRow(params, make_generator(seed), suppress_eos, None)
     tokens, _ = sample(torch.tensor([logits]), [row], [EOS])
     return tokens[0]
 
@@ -51,3 +51,15 @@ def test_a_suppressed_eos_is_never_chosen(
 ) -> None:
     params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)
     assert _sample(logits, params, seed, suppress_eos=True) != EOS
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    logits=logits_rows,
+    bias=st.dictionaries(st.integers(0, VOCAB - 1), st.floats(-100, 100, width=32), max_size=VOCAB),
+)
+def test_logit_bias_adds_to_each_named_token(logits: list[float], bias: dict[int, float]) -> None:
+    params = SamplingParams(max_tokens=1, temperature=0.0, logit_bias=tuple(bias.items()))
+    row = SampleRow(params, None, False, make_bias(params.logit_bias))
+    expected = torch.tensor(logits) + torch.tensor([bias.get(t, 0.0) for t in range(VOCAB)])
+    assert sample(torch.tensor([logits]), [row], [EOS])[0] == [int(expected.argmax())]

@@ -1,0 +1,24 @@
+"""deploy/prometheus/rules.yml checked and its alerts' unit tests (rules_test.yml) run by Prometheus's
+own promtool (apt package prometheus): a crash-looping replica raises ModelRuntimeRestarting."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.support.models import REPO
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed"),
+]
+
+PROMETHEUS = REPO / "deploy" / "prometheus"
+
+
+@pytest.mark.parametrize("check", [["check", "rules", "rules.yml"], ["test", "rules", "rules_test.yml"]])
+def test_promtool_accepts_the_rules_and_their_tests(check: list[str]) -> None:
+    done = subprocess.run(["promtool", *check], cwd=PROMETHEUS, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
