@@ -1,4 +1,5 @@
-# Thin wrappers. Every target creates .venv first when it is missing.
+# Thin wrappers. Every target creates .venv first when it is missing, with what that target needs:
+# `make demo` the runtime and the `demo` extra (ansible-core, openai), the others the `dev` extra (all).
 # TORCH: the torch requirement installed before the project. The default is the CPU wheel this
 # project's CI uses; GPU hosts pick a CUDA build, e.g. make TORCH="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 PYTHON ?= python3
@@ -6,14 +7,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,ops,formats
+EXTRAS ?= dev
 
 .PHONY: venv demo demo-stop wheelhouse demo-model test lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The venv with pip and torch, which every target shares.
+$(BIN)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	touch $@
+
+# The runtime (editable) with the demo's extra only, or with EXTRAS.
+$(BIN)/.installed-demo: pyproject.toml $(BIN)/.torch
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+$(BIN)/.installed: pyproject.toml $(BIN)/.torch
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
@@ -21,31 +31,35 @@ venv: $(BIN)/.installed
 
 # The local fleet: the demo model and the runtime wheel built here, site.yml on inventories/local
 # (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
-demo: venv wheelhouse demo-model .cache/demo-api-key
+demo: $(BIN)/.installed-demo wheelhouse demo-model .cache/demo-api-key
 	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
 	$(BIN)/python scripts/demo.py
 
-demo-stop: venv
+demo-stop: $(BIN)/.installed-demo
 	$(BIN)/ansible-playbook -i inventories/local playbooks/stop.yml
 
-wheelhouse: venv
+wheelhouse: $(BIN)/.installed-demo
 	$(BIN)/python scripts/wheelhouse.py
 
-demo-model: venv
+demo-model: $(BIN)/.installed-demo
 	$(BIN)/model-runtime demo-model .cache/demo-model --if-missing
 
 .cache/demo-api-key:
 	mkdir -p .cache
 	umask 077 && $(PYTHON) -c "import secrets; print('demo-' + secrets.token_urlsafe(24))" > $@
 
+# The README's test command (.ci/run runs it): the linters and type checks, then the suite.
 # pytest exits 5 when a selection collects no test: nothing failed, so that is success.
-test: venv
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# ruff, ansible-lint, mypy on the runtime package (mypy.ini), the layer rules (.importlinter).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/ansible-lint --profile production
+	$(BIN)/mypy model_runtime
+	$(BIN)/lint-imports
 
 bench: venv
 	$(BIN)/python -m bench.serving

@@ -2,12 +2,16 @@
 default inventories/local), with the variables a play would see; SSH host keys are checked against the
 inventory's known_hosts (or ~/.ssh/known_hosts), and an unknown host is refused.
 
-  fab status [--json]                 the fleet table (what each instance runs, what differs)
+  fab status [--json]                 the fleet table (what each instance runs, what differs, its LB state)
   fab logs [--host H] [--lines N]     the end of the runtime logs
-  fab drain H / fab enable H          take a host's instances out of / back into the load balancer
-  fab restart --rolling               one instance at a time: drain, restart, wait ready, enable
+  fab drain H / fab enable H          take a host's instances out of / back into the load balancers
+  fab restart --rolling               one instance at a time: drain, restart, wait ready, smoke, enable
   fab canary VERSION H                upgrade one host to a runtime version and report its smoke results
   fab doctor [--host H]               `model-runtime doctor` for every instance; exits with the worst status
+
+Tasks that change the fleet run its playbooks (pool.yml, restart.yml, upgrade.yml), so that they take the
+same steps, checks and records as any other run; the read-only ones ask the hosts directly. The load
+balancers are read through module_utils/haproxy_runtime.py, the client the haproxy_server module uses.
 """
 
 from __future__ import annotations
@@ -17,21 +21,22 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import paramiko
 from fabric import Connection, task
 from invoke import Context, Exit
 
+from fleet_ops.cycle import parse_cycles
+from fleet_ops.inventory import FleetHost, load_fleet
+from fleet_ops.status import render
 from model_runtime.doctor import EXIT_CODES, report_from_output
-from model_runtime.fleet.haproxy_stats import stats_rows
-from model_runtime.fleet.inventory import FleetHost, load_fleet
-from model_runtime.fleet.status import render
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_INVENTORY = os.environ.get("FLEET_INVENTORY", str(REPO / "inventories" / "local"))
-DRAIN_TIMEOUT_S = 300
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+# Sent to the load balancers' own Python: it needs nothing installed there (module_utils is stdlib only).
+HAPROXY_CLIENT = REPO / "module_utils" / "haproxy_runtime.py"
 
 
 class Fleet:
@@ -85,64 +90,16 @@ class Fleet:
             else "supervisord"
         )
 
-    def restart_command(self, host: FleetHost, instance: int) -> str:
-        if self.service_manager(host) == "systemd":
-            return f"systemctl restart model-runtime-{instance}.service"
-        return (
-            " ".join(shlex.quote(p) for p in host.vars["model_runtime_supervisorctl"])
-            + f" restart model-runtime-{instance}"
-        )
-
-    def ready(self, host: FleetHost, instance: int) -> bool:
-        # Asked on the host itself; an instance serving TLS must show a certificate from the fleet CA.
-        tls = bool(host.vars.get("model_runtime_tls"))
-        address = f"{host.vars['model_runtime_listen_address']}:{host.port(instance)}"
-        url = f"{'https' if tls else 'http'}://{address}/health/ready"
-        context = f"ssl.create_default_context(cafile={host.vars['model_runtime_tls_dir'] + '/ca.pem'!r})"
-        probe = (
-            f"import ssl, urllib.request as u; "
-            f"print(u.urlopen({url!r}, timeout=3, context={context if tls else None}).status)"
-        )
-        return self.run(host, f"python3 -c {shlex.quote(probe)}", warn=True).strip() == "200"
-
-    def haproxy(self, command: str) -> list[str]:
-        """Send a runtime API command to every load balancer; return their answers."""
-        answers = []
+    def pools(self) -> dict[str, dict[str, dict]]:
+        """Each load balancer's view of its own backend: server -> {status, sessions}."""
+        client = shlex.quote(HAPROXY_CLIENT.read_text())
+        views = {}
         for balancer in self.group("loadbalancers"):
             socket = f"{balancer.vars['loadbalancer_run_dir']}/admin.sock"
-            answers.append(
-                self.run(balancer, f"echo {shlex.quote(command)} | socat stdio UNIX-CONNECT:{socket}")
-            )
-        return answers
-
-    def set_state(self, host: FleetHost, instance: int, state: str) -> None:
-        backend = (
-            self.group("loadbalancers")[0].vars["loadbalancer_backend_name"]
-            if self.group("loadbalancers")
-            else ""
-        )
-        self.haproxy(f"set server {backend}/{host.name}-{instance} state {state}")
-
-    def sessions(self, host: FleetHost, instance: int) -> int:
-        total = 0
-        for answer in self.haproxy("show stat"):
-            for row in stats_rows(answer):
-                if row.get("svname") == f"{host.name}-{instance}":
-                    total += int(row.get("scur") or 0)
-        return total
-
-    def drain(self, host: FleetHost, instance: int) -> None:
-        self.set_state(host, instance, "drain")
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.sessions(host, instance) and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-    def wait_ready(self, host: FleetHost, instance: int, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready(host, instance):
-            if time.monotonic() > deadline:
-                raise Exit(f"{host.name} instance {instance} not ready after {timeout:.0f}s", code=1)
-            time.sleep(1)
+            backend = balancer.vars["loadbalancer_backend_name"]
+            command = f"python3 -c {client} {shlex.quote(socket)} {shlex.quote(backend)}"
+            views[balancer.name] = json.loads(self.run(balancer, command))
+        return views
 
     def record(self, host: FleetHost) -> dict:
         text = self.run(host, f"cat {shlex.quote(host.vars['model_runtime_facts_file'])}", warn=True)
@@ -157,10 +114,10 @@ def _desired(fleet: Fleet) -> dict:
 
 @task(help={"inventory": "Ansible inventory", "json": "print JSON instead of the table"})
 def status(c: Context, inventory: str = DEFAULT_INVENTORY, json: bool = False) -> None:
-    """The fleet: what each instance runs, and where it differs from the inventory."""
+    """The fleet: what each instance runs, where it differs from the inventory, its load balancer state."""
     fleet = Fleet(inventory)
     records = {h.name: fleet.record(h) for h in fleet.group("gpu_servers")}
-    print(render(records, _desired(fleet), as_json=json))
+    print(render(records, _desired(fleet), as_json=json, pools=fleet.pools()))
 
 
 @task(
@@ -180,57 +137,63 @@ def logs(c: Context, host: str = "", lines: int = 50, inventory: str = DEFAULT_I
             print(fleet.run(target, command, warn=True))
 
 
-@task(help={"host": "the host to take out", "inventory": "Ansible inventory"})
-def drain(c: Context, host: str, inventory: str = DEFAULT_INVENTORY) -> None:
-    """Drain a host's instances at the load balancers and wait until their sessions end."""
+def _playbook(inventory: str, name: str, extra_vars: dict, *args: str) -> subprocess.CompletedProcess:
+    path = str(REPO / "playbooks" / name)
+    command = [ANSIBLE_PLAYBOOK, "-i", inventory, path, *args, "-e", json.dumps(extra_vars)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+
+
+def _stop_unless_done(run: subprocess.CompletedProcess, what: str) -> None:
+    if run.returncode != 0:
+        print(run.stdout[-3000:] + run.stderr[-1000:])
+        raise Exit(what, code=1)
+
+
+def _set_pool_state(inventory: str, host: str, state: str) -> None:
+    """pool.yml for the host's instances; then what every load balancer now says of them."""
     fleet = Fleet(inventory)
     target = fleet.host(host)
+    run = _playbook(inventory, "pool.yml", {"fleet_pool_host": host, "fleet_pool_state": state})
+    _stop_unless_done(run, f"{host}: not {state} at every load balancer")
+    pools = fleet.pools()
     for instance in target.instances():
-        fleet.drain(target, instance)
-        print(f"{host}-{instance}: drained, {fleet.sessions(target, instance)} sessions")
+        server = f"{host}-{instance}"
+        for balancer, pool in pools.items():
+            seen = pool.get(server, {"status": "absent", "sessions": 0})
+            print(f"{server}: {seen['status']} at {balancer}, {seen['sessions']} sessions")
+
+
+@task(help={"host": "the host to take out", "inventory": "Ansible inventory"})
+def drain(c: Context, host: str, inventory: str = DEFAULT_INVENTORY) -> None:
+    """Drain a host's instances at every load balancer and wait until their sessions end (pool.yml)."""
+    _set_pool_state(inventory, host, "drain")
 
 
 @task(help={"host": "the host to put back", "inventory": "Ansible inventory"})
 def enable(c: Context, host: str, inventory: str = DEFAULT_INVENTORY) -> None:
-    """Put a host's instances back into the load balancers."""
-    fleet = Fleet(inventory)
-    target = fleet.host(host)
-    for instance in target.instances():
-        fleet.set_state(target, instance, "ready")
-        print(f"{host}-{instance}: enabled")
+    """Put a host's instances back into every load balancer, once their health checks pass (pool.yml)."""
+    _set_pool_state(inventory, host, "ready")
 
 
 @task(help={"rolling": "one instance at a time (the only way offered)", "inventory": "Ansible inventory"})
 def restart(c: Context, rolling: bool = True, inventory: str = DEFAULT_INVENTORY) -> None:
-    """Restart every instance, one at a time: drain, restart, wait ready, enable."""
+    """Restart every instance, one at a time: drain, restart, wait ready, smoke test, enable (restart.yml)."""
     if not rolling:
         raise Exit("only --rolling restarts are offered: all at once would drop requests", code=2)
-    fleet = Fleet(inventory)
-    for target in fleet.group("gpu_servers"):
-        for instance in target.instances():
-            fleet.drain(target, instance)
-            fleet.run(target, fleet.restart_command(target, instance))
-            fleet.wait_ready(target, instance)
-            fleet.set_state(target, instance, "ready")
-            print(f"{target.name}-{instance}: restarted and ready")
+    run = _playbook(inventory, "restart.yml", {})
+    for server, steps in parse_cycles(run.stdout).items():
+        print(f"{server}: restarted and ready (cycle {steps['total']:.1f}s)")
+    _stop_unless_done(run, "the rolling restart stopped (the failed instance is back in the pool)")
 
 
 @task(help={"version": "runtime version", "host": "the canary host", "inventory": "Ansible inventory"})
 def canary(c: Context, version: str, host: str, inventory: str = DEFAULT_INVENTORY) -> None:
     """Upgrade one host to a runtime version (upgrade.yml --limit HOST); report its smoke results."""
-    fleet = Fleet(inventory)
-    fleet.host(host)
-    command = [
-        str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory,
-        str(REPO / "playbooks" / "upgrade.yml"), "--limit", host,
-        "-e", json.dumps({"model_runtime_version": version}),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
-    smoke = [line.strip() for line in done.stdout.splitlines() if "smoke:" in line]
+    Fleet(inventory).host(host)
+    run = _playbook(inventory, "upgrade.yml", {"model_runtime_version": version}, "--limit", host)
+    smoke = [line.strip() for line in run.stdout.splitlines() if "smoke:" in line]
     print("\n".join(smoke) or "(no smoke results: the upgrade stopped before them)")
-    if done.returncode != 0:
-        print(done.stdout[-3000:])
-        raise Exit(f"canary on {host} failed (the host is back on its previous release)", code=1)
+    _stop_unless_done(run, f"canary on {host} failed (the host is back on its previous release)")
     print(f"canary {host}: {version} passed its smoke test")
 
 

@@ -5,28 +5,35 @@
   onnx           against torch eager: decode-step latency at batch 1 and 16 (100M model)
   hot swap       from the swap request to the new version answering (demo model, over HTTP)
 
-Run: .venv/bin/python -m bench.artifacts
+Run: .venv/bin/python bench/artifacts.py   (or -m bench.artifacts)
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as `python bench/artifacts.py`, Python puts bench/ on the path rather than the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
 import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import torch
 
+from harness import REPO
+from harness.models import ensure_demo_model, random_model
+from harness.server import API_KEY, RuntimeProcess
 from model_runtime.config import ModelSettings
 from model_runtime.convert.convert import convert
-from model_runtime.demo.corpus import load_corpus
+from model_runtime.corpus import load_corpus
 from model_runtime.engine.factory import load_engine
 from model_runtime.engine.loading import detect_format
 from model_runtime.engine.torch_engine import load_causal_lm
-from tests.support.models import REPO, ensure_demo_model, random_model
-from tests.support.server import API_KEY, RuntimeProcess
 
 ADMIN_KEY = "bench-admin-key"
 
@@ -107,6 +114,10 @@ def swap_seconds(demo: Path, work: Path) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args()  # no options: --help says what it measures
     torch.set_num_threads(torch.get_num_threads())
     demo = ensure_demo_model()
     big = random_model(REPO / ".cache" / "bench-llama-100m", demo, "llama", "100m")

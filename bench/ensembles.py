@@ -10,31 +10,36 @@
 
 Members: `model-runtime demo-model OUT --members 3 --method bagging|boosting`, each trained as long as the
 demo model (400 steps), cached under .cache/ (about 5 minutes per method the first time).
-Run: .venv/bin/python -m bench.ensembles [--quick] [--methods bagging boosting]
+Run: .venv/bin/python bench/ensembles.py [--quick] [--methods bagging boosting]   (or -m bench.ensembles)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/ensembles.py`, Python puts bench/ on the path rather than the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import os
 import statistics
 import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-from bench.load import LoadResult, run_streams
-from bench.serving import CONCURRENCY, bench_prompts, bodies
+from bench.serving import CONCURRENCY, bench_prompts, bodies, streams
+from harness import REPO
+from harness.load import Throughput
+from harness.server import API_KEY, RuntimeProcess
 from model_runtime.config import RegistrySettings
+from model_runtime.corpus import load_corpus
 from model_runtime.demo.build import Recipe
-from model_runtime.demo.corpus import load_corpus
 from model_runtime.demo.members import build_members, is_current, members_fingerprint
 from model_runtime.ensemble.artifact import resolve_candidates
 from model_runtime.ensemble.evaluate import Evaluation, evaluate_generation, load_candidates
-from tests.support.models import REPO
-from tests.support.server import API_KEY, RuntimeProcess
 
 MEMBERS = 3
 
@@ -66,16 +71,16 @@ def perplexities(folder: Path) -> dict[str, Evaluation]:
     return evaluations
 
 
-def throughput(folder: Path, prompts: list[str], new_tokens: int, workdir: Path) -> LoadResult:
+def throughput(folder: Path, prompts: list[str], new_tokens: int, workdir: Path) -> Throughput:
     """16 concurrent greedy streams of exactly new_tokens each, after a short warm-up; the better of two
     rounds, so that a burst of other work on the machine does not decide a ratio."""
     settings = {"scheduler": {"torch_threads": None}}  # the server's own thread choice
     server = RuntimeProcess(folder, workdir, settings, name="bench").start(timeout=600)
     try:
         extra = {"ignore_eos": True}
-        run_streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)
+        streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)
         rounds = [
-            run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
+            streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
             for _ in range(2)
         ]
         return max(rounds, key=lambda r: r.tokens_per_second)
@@ -101,7 +106,7 @@ def print_perplexity(method: str, texts: str, evaluation: Evaluation) -> None:
             print(row(label, f"{combination['test']:.2f}", f"{combination['test'] / best:.3f}"))
 
 
-def print_throughput(method: str, ensemble: LoadResult, members: list[LoadResult]) -> None:
+def print_throughput(method: str, ensemble: Throughput, members: list[Throughput]) -> None:
     print(f"\n{method}: served throughput, {CONCURRENCY} concurrent streams\n")
     print(row("served", "tokens/s", "ensemble / this"))
     print(row("---", "---", "---"))

@@ -8,10 +8,16 @@
   t16  `transformers serve --continuous-batching` (paged cache sized as ours), 16 concurrent streams
 
 on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios.
-Run: make bench   (or: .venv/bin/python -m bench.serving [--quick])
+Run: make bench   (or: .venv/bin/python bench/serving.py [--quick], or python -m bench.serving)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/serving.py`, Python puts bench/ on the path rather than the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
@@ -19,19 +25,18 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.load import LoadResult, run_streams
-from model_runtime.demo.corpus import load_corpus
-from tests.support.models import REPO, ensure_demo_model, random_model
-from tests.support.server import API_KEY, RuntimeProcess, free_port
+from harness import REPO
+from harness.load import Load, Throughput
+from harness.models import ensure_demo_model, random_model
+from harness.server import API_KEY, RuntimeProcess, free_port
+from model_runtime.corpus import load_corpus
 
 CONCURRENCY = 16
 
@@ -46,23 +51,31 @@ def bench_prompts(tokenizer, count: int) -> list[str]:
     return prompts
 
 
-def generate_sequential(model, tokenizer, prompts: list[str], new_tokens: int) -> LoadResult:
+def generate_sequential(model, tokenizer, prompts: list[str], new_tokens: int) -> Throughput:
     started, tokens = time.perf_counter(), 0
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         tokens += out.shape[1] - inputs["input_ids"].shape[1]
-    return LoadResult(len(prompts), tokens, time.perf_counter() - started, 0)
+    return Throughput(len(prompts), tokens, time.perf_counter() - started, 0)
 
 
-def generate_padded(model, tokenizer, prompts: list[str], new_tokens: int) -> LoadResult:
+def generate_padded(model, tokenizer, prompts: list[str], new_tokens: int) -> Throughput:
     tokenizer.padding_side = "left"
     started, tokens = time.perf_counter(), 0
     for first in range(0, len(prompts), CONCURRENCY):
         inputs = tokenizer(prompts[first : first + CONCURRENCY], return_tensors="pt", padding=True)
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * inputs["input_ids"].shape[0]
-    return LoadResult(len(prompts), tokens, time.perf_counter() - started, 0)
+    return Throughput(len(prompts), tokens, time.perf_counter() - started, 0)
+
+
+def streams(
+    base_url: str, bodies: list[dict], clients: int, api_key: str | None = None, expect_done: bool = True
+) -> Throughput:
+    """Every body sent over `clients` concurrent connections, each as soon as one is free (a closed loop)."""
+    load = Load(base_url, bodies, clients, api_key, timeout_s=600, expect_done=expect_done)
+    return load.run().throughput()
 
 
 def bodies(model_name: str, prompts: list[str], new_tokens: int, extra: dict) -> list[dict]:
@@ -82,14 +95,14 @@ def bodies(model_name: str, prompts: list[str], new_tokens: int, extra: dict) ->
 
 def measure_ours(
     folder: Path, prompts: list[str], new_tokens: int, workdir: Path
-) -> tuple[LoadResult, LoadResult]:
+) -> tuple[Throughput, Throughput]:
     # The server's default thread policy (see SchedulerSettings.engine_threads), not a bench-only one.
     server = RuntimeProcess(folder, workdir, {"scheduler": {"torch_threads": None}}, name="bench").start()
     try:
         extra = {"ignore_eos": True}
-        run_streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)  # warm the path
-        c1 = run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), 1, API_KEY)
-        c16 = run_streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
+        streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)  # warm the path
+        c1 = streams(server.base_url, bodies("bench", prompts, new_tokens, extra), 1, API_KEY)
+        c16 = streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
     finally:
         server.stop()
     return c1, c16
@@ -97,7 +110,7 @@ def measure_ours(
 
 def measure_transformers_serve(
     folder: Path, prompts: list[str], new_tokens: int, tokenizer
-) -> LoadResult | None:
+) -> Throughput | None:
     """transformers' own server with continuous batching, its paged cache sized to what ours holds."""
     executable = shutil.which("transformers", path=str(Path(sys.executable).parent))
     if executable is None:
@@ -130,11 +143,14 @@ def measure_transformers_serve(
                     )
                     return None
                 time.sleep(0.5)
-            # Same work as ours: exactly new_tokens per request (its way to say ignore_eos).
+            # Same work as ours: exactly new_tokens per request (its way to say ignore_eos). Its streams
+            # end with the usage chunk, without [DONE].
             config = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
             extra = {"generation_config": json.dumps(config)}
-            run_streams(base, bodies(str(folder), prompts[:2], 4, extra), 2)
-            return run_streams(base, bodies(str(folder), prompts, new_tokens, extra), CONCURRENCY)
+            streams(base, bodies(str(folder), prompts[:2], 4, extra), 2, expect_done=False)
+            return streams(
+                base, bodies(str(folder), prompts, new_tokens, extra), CONCURRENCY, expect_done=False
+            )
         finally:
             process.terminate()
             try:

@@ -7,20 +7,25 @@ and prints: the upgrade's wall time, each instance's cycle split into drain, sto
 ready, smoke and enable (from the playbook's own `cycle:` lines), and the requests served and failed
 while it ran. The fleet is stopped at the end.
 
-    .venv/bin/python -m bench.upgrade
+    .venv/bin/python bench/upgrade.py   (or -m bench.upgrade)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/upgrade.py`, Python puts bench/ on the path rather than the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-from model_runtime.fleet.cycle import STEPS, parse_cycles
-from tests.support.fleet import LocalFleet
-from tests.support.models import ensure_demo_model
+from fleet_ops.cycle import STEPS, parse_cycles
+from harness.fleet import LocalFleet
+from harness.models import ensure_demo_model
 
 
 def main() -> None:

@@ -3,8 +3,15 @@ line of an instance's rolling cycle that bench/upgrade.py reads back."""
 
 from __future__ import annotations
 
-from model_runtime.fleet.cycle import cycle_line
-from model_runtime.fleet.status import render
+import sys
+from pathlib import Path
+
+# fleet_ops lives in the checkout beside the playbooks, not in any installed package, and
+# ansible-playbook puts only its own folder on the path: the repository root goes first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fleet_ops.cycle import cycle_line
+from fleet_ops.status import render
 
 
 class FilterModule:

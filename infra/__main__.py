@@ -57,7 +57,7 @@ endpoint = Endpoint(
         allowed_cidrs=settings.endpoint.allowed_cidrs,
         ssl_policy=settings.endpoint.ssl_policy,
         idle_timeout_s=settings.endpoint.idle_timeout_s,
-        deregistration_delay_s=settings.endpoint.deregistration_delay_s,
+        deregistration_delay_s=settings.deregistration_delay_s,
         domain_name=settings.endpoint.domain_name,
         deletion_protection=settings.endpoint.deletion_protection,
     ),
@@ -75,14 +75,15 @@ fleet = GpuFleet(
     ),
 )
 
-if settings.fleet.schedules_file is not None:
+schedule_file = settings.fleet.schedule_file.path
+if schedule_file is not None:
     pulumi.log.info(
-        f"{len(settings.fleet.schedules)} scheduled scale runs from {settings.fleet.schedules_file}; not "
+        f"{len(settings.fleet.scale_runs)} scheduled scale runs from {schedule_file}; not "
         f"scheduled: {', '.join(settings.fleet.skipped_schedules) or 'none'} (upgrades in the cloud are a "
         "configuration change, rolled out by an instance refresh)"
     )
 
-# What operators (`model-runtime cloud ...`, `model-runtime registry --registry ...`) and Fabric need.
+# What operators (`python -m fleet_ops cloud ...`, `model-runtime registry --registry ...`) and Fabric need.
 pulumi.export("endpointUrl", endpoint.url)
 pulumi.export("loadBalancerDnsName", endpoint.dns_name)
 pulumi.export("bucketName", store.bucket_name)

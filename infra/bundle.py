@@ -6,7 +6,8 @@ bucket: one tarball per runtime release, everything an instance installs, with n
 The bundle holds:
   wheels/    the runtime wheelhouse (scripts/wheelhouse.py: the runtime wheel, torch, supervisor...)
              and Ansible's own wheels (ansible-core and boto3, at this venv's versions)
-  ansible/   the roles, the modules, the lock file, playbooks/cloud-instance.yml and an ansible.cfg
+  ansible/   the roles, the modules and their shared code (module_utils), the lock file,
+             playbooks/cloud-instance.yml and an ansible.cfg
   bundle.json  the runtime release and the Python the wheels are for (boot.py checks both)
 
 Build it with the Python of the AMI (the wheels are built for one Python), and with the torch build
@@ -36,12 +37,13 @@ from infra.userdata import bundle_name  # noqa: E402
 OPS_PACKAGES = ("ansible-core", "boto3")
 # The repository's tree as the roles expect it (model_runtime reads requirements/server.lock, the
 # runtime's hash-pinned dependencies, relative to its role path).
-ANSIBLE_TREE = ("roles", "library", "filter_plugins", "requirements")
+ANSIBLE_TREE = ("roles", "library", "module_utils", "filter_plugins", "requirements")
 ANSIBLE_CFG = """\
 # The instance's Ansible settings (written by infra/bundle.py): this bundle's roles and modules.
 [defaults]
 roles_path = roles
 library = library
+module_utils = module_utils
 filter_plugins = filter_plugins
 interpreter_python = auto_silent
 retry_files_enabled = False

@@ -1,4 +1,4 @@
-"""The launch template's user data: cloud-init that writes the boot script (model_runtime/cloud/boot.py)
+"""The launch template's user data: cloud-init that writes the boot script (infra/boot.py)
 and its configuration, then runs it once on the instance's first boot.
 
 The output is deterministic (sorted JSON, gzip without a timestamp): the launch template gets a new
@@ -11,7 +11,6 @@ import base64
 import gzip
 import json
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import jinja2
 from infra.config import StackConfig
 
 TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.yaml.j2"
+# Runs on the instance, not in this program: user data carries it there (gzip, base64).
+BOOT_SCRIPT = Path(__file__).parent / "boot.py"
 BOOT_SCRIPT_PATH = "/usr/local/lib/model-runtime/boot.py"
 BOOT_CONFIG_PATH = "/etc/model-runtime/boot/boot.json"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -33,7 +34,7 @@ def bundle_name(runtime_version: str) -> str:
 
 
 def boot_script() -> bytes:
-    return files("model_runtime.cloud").joinpath("boot.py").read_bytes()
+    return BOOT_SCRIPT.read_bytes()
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,60 +66,15 @@ sessions:
   returned: when a server is named
 """
 
-import csv
-import io
 import os
-import socket
 import tempfile
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-ADMIN_STATES = {"ready": "ready", "drain": "drain", "maint": "maint"}
-
-
-def ask(path: str, command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(10)
-        conn.connect(path)
-        conn.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+from ansible.module_utils.haproxy_runtime import HAProxyError, RuntimeAPI
 
 
-def server_stat(path: str, backend: str, server: str) -> dict | None:
-    text = ask(path, "show stat").lstrip("# ")
-    for row in csv.DictReader(io.StringIO(text)):
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row
-    return None
-
-
-# srv_admin_state bits in `show servers state` (HAProxy's SRV_ADMF_*): forced/inherited/... maintenance
-# and forced/inherited drain.
-MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
-DRAIN_BITS = 0x08 | 0x10
-
-
-def admin_state(path: str, backend: str, server: str) -> str:
-    """ready, drain or maint as set through the runtime API. Not from `show stat`'s status column:
-    a drained server whose health check fails shows DOWN there, and would pass for ready."""
-    lines = ask(path, f"show servers state {backend}").splitlines()
-    header = next(line for line in lines if line.startswith("#")).lstrip("# ").split()
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= len(header) and not line.startswith("#"):
-            row = dict(zip(header, fields, strict=False))
-            if row["srv_name"] == server:
-                admin = int(row["srv_admin_state"])
-                return "maint" if admin & MAINT_BITS else "drain" if admin & DRAIN_BITS else "ready"
-    raise KeyError(f"{backend}/{server}")
-
-
-def save_state(module: AnsibleModule, path: str, target: str) -> None:
-    state = ask(path, "show servers state")
+def save_state(module: AnsibleModule, api: RuntimeAPI, target: str) -> None:
+    state = api.ask("show servers state")
     if not module.check_mode:
         folder = os.path.dirname(target) or "."
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".haproxy-state.")
@@ -128,22 +83,6 @@ def save_state(module: AnsibleModule, path: str, target: str) -> None:
         os.chmod(tmp, 0o640)
         os.replace(tmp, target)
     module.exit_json(changed=False, saved=target)
-
-
-def wait_for(module: AnsibleModule, path: str, backend: str, server: str, done: callable, what: str) -> dict:
-    deadline = time.monotonic() + module.params["timeout"]
-    while True:
-        row = server_stat(path, backend, server)
-        if row is not None and done(row):
-            return row
-        if time.monotonic() > deadline:
-            status = row["status"] if row else "absent"
-            sessions = row["scur"] if row else "?"
-            module.fail_json(
-                msg=f"{backend}/{server} not {what} after {module.params['timeout']}s "
-                f"(status {status}, {sessions} sessions)"
-            )
-        time.sleep(0.5)
 
 
 def main() -> None:
@@ -162,30 +101,26 @@ def main() -> None:
         required_together=[["backend", "server"]],
         supports_check_mode=True,
     )
-    path = module.params["socket"]
+    params = module.params
+    api = RuntimeAPI(params["socket"], params["backend"])
+    server, wanted = params["server"], params["state"]
     try:
-        if module.params["save_state_to"]:
-            save_state(module, path, module.params["save_state_to"])
-        backend, server = module.params["backend"], module.params["server"]
-        row = server_stat(path, backend, server)
-        if row is None:
-            module.fail_json(msg=f"HAProxy has no server {backend}/{server}")
-        wanted = module.params["state"]
-        changed = False
-        if wanted != "present" and admin_state(path, backend, server) != wanted:
-            changed = True
-            if not module.check_mode:
-                reply = ask(path, f"set server {backend}/{server} state {ADMIN_STATES[wanted]}").strip()
-                if reply:
-                    module.fail_json(msg=f"HAProxy refused: {reply}")
+        if params["save_state_to"]:
+            save_state(module, api, params["save_state_to"])
+        row = api.server(server)
+        changed = wanted != "present" and api.admin_state(server) != wanted
+        if changed and not module.check_mode:
+            api.set_state(server, wanted)
         if not module.check_mode:
-            if module.params["wait_idle"]:
-                row = wait_for(module, path, backend, server, lambda r: int(r["scur"] or 0) == 0, "idle")
-            if module.params["wait_up"]:
-                row = wait_for(module, path, backend, server, lambda r: r["status"].startswith("UP"), "UP")
-            row = server_stat(path, backend, server) or row
+            if params["wait_idle"]:
+                api.wait_idle(server, params["timeout"])
+            if params["wait_up"]:
+                api.wait_up(server, params["timeout"])
+            row = api.server(server)
+    except HAProxyError as exc:
+        module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg=f"cannot talk to HAProxy at {path}: {exc}")
+        module.fail_json(msg=f"cannot talk to HAProxy at {params['socket']}: {exc}")
     module.exit_json(changed=changed, status=row["status"], sessions=int(row["scur"] or 0))
 
 

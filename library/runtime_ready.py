@@ -59,18 +59,13 @@ import re
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.readiness import NotReady, wait_ready
 
 
-def ready(url: str, tls: ssl.SSLContext | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5, context=tls) as response:  # noqa: S310 - a URL we were given
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+class InstanceDied(Exception):
+    """The service manager says the instance will not come up."""
 
 
 def tail(path: str | None, lines: int = 15) -> str:
@@ -87,6 +82,29 @@ def process_id(status: str) -> int | None:
     found = re.search(r"\bpid (\d+)|^(\d+)$", status, re.MULTILINE)
     pid = int(found.group(1) or found.group(2)) if found else 0
     return pid or None
+
+
+class ServiceWatch:
+    """Between two probes: asks the service manager whether the instance gave up or keeps dying."""
+
+    def __init__(self, command: list[str], dead_words: list[str], restarts: int) -> None:
+        self.command, self.dead_words, self.restarts = command, dead_words, restarts
+        self.started = time.monotonic()
+        self.processes: list[int] = []
+
+    def __call__(self) -> None:
+        status = subprocess.run(self.command, capture_output=True, text=True, check=False)
+        said = status.stdout + status.stderr
+        if any(word in said for word in self.dead_words):
+            raise InstanceDied(f"the instance stopped for good: {said.strip()}")
+        pid = process_id(said)
+        if pid and pid not in self.processes:
+            self.processes.append(pid)
+        if len(self.processes) > self.restarts:
+            raise InstanceDied(
+                f"the instance keeps dying (crash loop: processes {self.processes} in "
+                f"{time.monotonic() - self.started:.0f}s)"
+            )
 
 
 def main() -> None:
@@ -106,31 +124,16 @@ def main() -> None:
         module.exit_json(changed=False, skipped=True)
     params = module.params
     tls = ssl.create_default_context(cafile=params["ca_file"]) if params["ca_file"] else None
-    started = time.monotonic()
-    processes: list[int] = []
-    while True:
-        if ready(params["url"], tls):
-            module.exit_json(changed=False, seconds=round(time.monotonic() - started, 1))
-        if params["status_command"]:
-            status = subprocess.run(params["status_command"], capture_output=True, text=True, check=False)
-            said = status.stdout + status.stderr
-            if any(word in said for word in params["dead_words"]):
-                module.fail_json(
-                    msg=f"the instance stopped for good: {said.strip()}\n{tail(params['log_file'])}"
-                )
-            pid = process_id(said)
-            if pid and pid not in processes:
-                processes.append(pid)
-            if len(processes) > params["restarts"]:
-                module.fail_json(
-                    msg=f"the instance keeps dying (crash loop: processes {processes} in "
-                    f"{time.monotonic() - started:.0f}s)\n{tail(params['log_file'])}"
-                )
-        if time.monotonic() - started > params["timeout"]:
-            module.fail_json(
-                msg=f"{params['url']} not ready after {params['timeout']}s\n{tail(params['log_file'])}"
-            )
-        time.sleep(1)
+    watch = (
+        ServiceWatch(params["status_command"], params["dead_words"], params["restarts"])
+        if params["status_command"]
+        else None
+    )
+    try:
+        seconds = wait_ready(params["url"], params["timeout"], tls, between=watch)
+    except (NotReady, InstanceDied) as exc:
+        module.fail_json(msg=f"{exc}\n{tail(params['log_file'])}")
+    module.exit_json(changed=False, seconds=round(seconds, 1))
 
 
 if __name__ == "__main__":

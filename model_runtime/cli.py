@@ -11,20 +11,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_runtime import __version__, doctor
-from model_runtime.cloud import cli as cloud_cli
 from model_runtime.config import load_settings
 from model_runtime.convert import cli as convert_cli
 from model_runtime.ensemble import cli as ensemble_cli
 from model_runtime.errors import OperatorError
 from model_runtime.logs import configure_logging
 from model_runtime.registry import cli as registry_cli
+from model_runtime.registry.manifest import build_manifest, write_manifest
 
 if TYPE_CHECKING:
     from model_runtime.demo.build import Recipe
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from model_runtime.server.run import serve  # imports torch: only for the commands that need it
+    # These import torch: only for the commands that need it.
+    from model_runtime.ensemble.plugin import ENSEMBLES
+    from model_runtime.server.run import serve
 
     overrides = {
         "model": {"path": args.model, "served_name": args.served_model_name, "version": args.model_version},
@@ -37,11 +39,11 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, overrides)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    return serve(settings, reload=lambda: load_settings(args.config, overrides))
+    return serve(settings, reload=lambda: load_settings(args.config, overrides), plugin=ENSEMBLES)
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from model_runtime.demo.build import Recipe, build_demo_model, is_current
+    from model_runtime.demo.build import Recipe, build_demo_model, is_current  # torch, as serve's
 
     configure_logging("info", json_format=False)
     recipe = replace(Recipe(), steps=args.steps, seed=args.seed)
@@ -56,7 +58,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 
 def _demo_members(args: argparse.Namespace, recipe: Recipe) -> int:
-    from model_runtime.demo import members
+    from model_runtime.demo import members  # torch, as serve's
 
     fingerprint = members.members_fingerprint(recipe, args.method, args.members)
     if args.if_missing and members.is_current(args.out_dir, fingerprint):
@@ -70,8 +72,6 @@ def _demo_members(args: argparse.Namespace, recipe: Recipe) -> int:
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from model_runtime.registry.manifest import build_manifest, write_manifest
-
     manifest = build_manifest(args.folder, args.name, args.version)
     path = write_manifest(args.folder, manifest)
     print(f"{path}: {manifest['name']} version {manifest['version']}, {len(manifest['files'])} files")
@@ -134,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cli.register(commands)
     convert_cli.register(commands)
     ensemble_cli.register(commands)
-    cloud_cli.register(commands)
     return parser
 
 

@@ -32,12 +32,20 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    path: str = Field(description="Model folder, or registry:NAME[@ALIAS|:VERSION] (pulled on start)")
+    path: str = Field(
+        description="Model folder (a Hugging Face folder: safetensors preferred; a .bin is read with "
+        "weights_only), or registry:NAME[@ALIAS|:VERSION], pulled from registry.url on start"
+    )
     served_name: str | None = Field(default=None, description="Name clients use; defaults to the folder name")
     version: str | None = Field(default=None, description="Version reported in /v1/models; informational")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights' precision; auto: bf16 on a GPU that has it (fp16 otherwise), fp32 on CPU",
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        default=False, description="Let transformers run Python code shipped in the model folder"
+    )
     max_context: int | None = Field(default=None, gt=0, description="Cap below the model's own context")
 
     @field_validator("device")
@@ -53,16 +61,30 @@ class ModelSettings(_Section):
 
 
 class ServerSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_keys_file: Path | None = Field(default=None, description="One key per line; '#' starts a comment")
-    allow_unauthenticated: bool = Field(
-        default=False, description="Serve without keys; refused unless set explicitly"
+    host: str = Field(
+        default="127.0.0.1", description="Address of the public listener (/v1/..., /health/...)"
     )
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="Time in-flight requests get on SIGTERM")
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    port: int = Field(default=8000, ge=0, le=65535, description="Port of the public listener")
+    api_keys_file: Path | None = Field(
+        default=None,
+        description=f"One key per line, '#' starts a comment; {API_KEYS_ENV}=k1,k2 adds keys",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve without keys; without keys the server refuses to start unless this is set",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="Time in-flight requests (streams too) get to finish on SIGTERM"
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest request body read (larger: 413), checked after the key",
+    )
     admin_keys_file: Path | None = Field(
-        default=None, description="Keys of the admin endpoints (hot swap); without any, /admin is off"
+        default=None,
+        description=f"Keys of the admin endpoints (hot swap), one per line, or {ADMIN_KEYS_ENV}=k1,k2; "
+        "without any, /admin is off",
     )
     tls_certfile: Path | None = Field(
         default=None, description="PEM certificate: both listeners serve TLS with it (and tls_keyfile)"
@@ -87,7 +109,9 @@ class ServerSettings(_Section):
         default="127.0.0.1",
         description="Address of the internal listener (/metrics, /admin, /openapi.json): loopback or private",
     )
-    metrics_port: int = Field(default=9101, ge=0, le=65535, description="Port of the internal listener")
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of the internal listener; not server.port"
+    )
 
     @field_validator("metrics_host")
     @classmethod
@@ -125,8 +149,12 @@ class ServerSettings(_Section):
 
 class SchedulerSettings(_Section):
     max_batch_size: int = Field(default=32, gt=0, description="Sequences decoded together in one step")
-    max_queue: int = Field(default=64, ge=0, description="Waiting requests beyond this get 429")
-    max_prefill_tokens: int = Field(default=4096, gt=0, description="Prompt tokens prefilled in one step")
+    max_queue: int = Field(
+        default=64, ge=0, description="Requests waiting beyond the free batch slots; more get 429"
+    )
+    max_prefill_tokens: int = Field(
+        default=4096, gt=0, description="Prompt tokens per pass; a longer prompt is prefilled in chunks"
+    )
     queue_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for a batch slot (then 429)")
     request_timeout_s: float = Field(default=600.0, gt=0, description="Longest a request may run (then 504)")
     engine_stall_s: float = Field(
@@ -138,13 +166,14 @@ class SchedulerSettings(_Section):
         default=120.0,
         gt=0,
         description="A stall this long ends the requests in flight (503 engine_stalled) and the process "
-        "(exit 1, for the service manager to restart it)",
+        "(exit 1, for the service manager to restart it); at least engine_stall_s",
     )
     max_n: int = Field(default=8, gt=0, description="Largest `n` (choices per request) accepted")
     torch_threads: int | None = Field(
         default=None,
         gt=0,
-        description="Engine intra-op threads; default: measured at start (engine/threads.py)",
+        description="Engine intra-op threads; none: measured at start (all cores, or one left free for "
+        "the HTTP process, whichever decodes faster)",
     )
 
     @model_validator(mode="after")
@@ -167,16 +196,27 @@ class RegistrySettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    json_format: bool = Field(default=False, alias="json")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level logged"
+    )
+    json_format: bool = Field(
+        default=False, alias="json", description="One JSON object per line, with the request id"
+    )
 
 
 class Settings(_Section):
-    model: ModelSettings
-    server: ServerSettings = ServerSettings()
-    scheduler: SchedulerSettings = SchedulerSettings()
-    registry: RegistrySettings = RegistrySettings()
-    logging: LoggingSettings = LoggingSettings()
+    model: ModelSettings = Field(description="The model served: where it is, its name, where it runs")
+    server: ServerSettings = Field(
+        default=ServerSettings(), description="The HTTP side: listeners, keys, TLS, request limits"
+    )
+    scheduler: SchedulerSettings = Field(
+        default=SchedulerSettings(), description="Batching, queueing, time limits and the engine's threads"
+    )
+    registry: RegistrySettings = Field(
+        default=RegistrySettings(),
+        description="The model registry that registry: paths and ensemble members come from",
+    )
+    logging: LoggingSettings = Field(default=LoggingSettings(), description="What the runtime logs, and how")
 
     def api_keys(self) -> frozenset[str]:
         """Keys from the key file and the environment. Read once at start."""

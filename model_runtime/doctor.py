@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from model_runtime import __version__
 from model_runtime.config import ConfigError, Settings, load_settings
 from model_runtime.registry.manifest import ManifestError, read_manifest, verify_folder
@@ -157,8 +159,6 @@ def _get(url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> tuple
 
 def running_version(internal_url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> str | None:
     """The version the instance reports in its metrics (model_runtime_info), or None if unknown."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
         status, text = _get(f"{internal_url}/metrics", timeout_s, tls)
     except OSError:

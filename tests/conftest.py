@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO
+from harness.models import ensure_demo_model, random_model
+from harness.server import RuntimeProcess
 from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders
-from tests.support.models import REPO, ensure_demo_model, random_model
-from tests.support.server import RuntimeProcess
 
 # The venv's tools (ansible-playbook, ansible-inventory for testinfra) and the repo's ansible.cfg,
 # whether or not the venv is activated.

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.facts import READY_PATH
 from model_runtime.server.errors import path_not_found
 
-HEALTH_PATH = "/health/ready"
 # ALB path patterns: case-sensitive globs (`*` any characters, `?` one) over the path, never the query
 # string. AWS does not say whether the ALB decodes %XX or resolves `..` first; it need not matter: the
 # runtime routes the decoded path exactly, so /v1/../metrics and /v1/%2e%2e/metrics, if forwarded,
 # get its 404 (tests/integration/test_cloud_alb_paths.py tries every reading).
-FORWARDED_PATHS = ("/v1/*", HEALTH_PATH)
+FORWARDED_PATHS = ("/v1/*", READY_PATH)
 NOT_FOUND = path_not_found()
 
 
@@ -128,7 +128,7 @@ class Endpoint(pulumi.ComponentResource):
             deregistration_delay=args.deregistration_delay_s,
             health_check={
                 "enabled": True,
-                "path": HEALTH_PATH,
+                "path": READY_PATH,
                 "protocol": "HTTP",
                 "port": "traffic-port",
                 "matcher": "200",

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.facts import READY_PATH, RUNTIME_PORT
+
 # Only the load balancer's listeners may be reachable from the internet. Every other port admits
 # private address space only: a source network holding any other address is "world-open", whatever
 # its spelling (0.0.0.0/0, 0.0.0.0/00, 0::/0, 0.0.0.0/1 + 128.0.0.0/1) or size (an office's /32
@@ -30,8 +32,15 @@ PRIVATE_NETWORKS = tuple(
         "fc00::/7",  # IPv6 unique local
     )
 )
-KNOWN_PORTS = {22: "SSH", 3389: "RDP", 5985: "WinRM", 5986: "WinRM", 8101: "the runtime", 9001: "supervisord"}
-HEALTH_PATH = "/health/ready"
+# Named in a violation's message. 9001: supervisord's own HTTP server, by its convention.
+KNOWN_PORTS = {
+    22: "SSH",
+    3389: "RDP",
+    5985: "WinRM",
+    5986: "WinRM",
+    RUNTIME_PORT: "the runtime",
+    9001: "supervisord",
+}
 
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SECURITY_GROUP_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
@@ -267,7 +276,7 @@ def group_health_from_load_balancer(resource: Resource) -> Iterator[str]:
     if attached and kind is not UNKNOWN and kind != "ELB":
         yield (
             f"health_check_type is {kind or 'EC2 (the default)'}: a replica that stops answering "
-            f"{HEALTH_PATH} would never be replaced; use ELB"
+            f"{READY_PATH} would never be replaced; use ELB"
         )
 
 
@@ -276,12 +285,12 @@ def health_check_on_ready(resource: Resource) -> Iterator[str]:
     if check is UNKNOWN:
         return
     if check is None or truthy(get(check, "enabled")) is False:
-        yield f"the target group has no health check: it must check {HEALTH_PATH}"
+        yield f"the target group has no health check: it must check {READY_PATH}"
         return
     path = get(check, "path")
-    if path is not UNKNOWN and path != HEALTH_PATH:
+    if path is not UNKNOWN and path != READY_PATH:
         shown = path or "/ (the default)"
-        yield f"the health check is on {shown}, not {HEALTH_PATH} (liveness is not readiness)"
+        yield f"the health check is on {shown}, not {READY_PATH} (liveness is not readiness)"
 
 
 def listener_forwards_no_default(resource: Resource) -> Iterator[str]:
@@ -337,7 +346,7 @@ RESOURCE_RULES: tuple[ResourceRule, ...] = (
     ),
     ResourceRule(
         "health-check-on-ready",
-        f"Target groups health-check {HEALTH_PATH}",
+        f"Target groups health-check {READY_PATH}",
         TARGET_GROUPS,
         health_check_on_ready,
     ),

@@ -1,4 +1,7 @@
-"""`model-runtime convert SRC --to TARGET OUT`."""
+"""`model-runtime convert SRC --to TARGET OUT`.
+
+The conversion imports torch (seconds), so the command imports it when it runs: every other
+`model-runtime` command builds this parser too."""
 
 from __future__ import annotations
 
@@ -7,19 +10,18 @@ import json
 from pathlib import Path
 
 from model_runtime.convert import TARGETS
+from model_runtime.corpus import load_corpus
 
 
 def evaluation_texts(path: Path | None) -> list[str]:
     """Paragraphs of a text file (blank-line separated), or the demo corpus's held-out paragraphs."""
     if path is not None:
         return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
-    from model_runtime.demo.corpus import load_corpus
-
     return list(load_corpus().held_out)
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from model_runtime.convert.convert import convert
+    from model_runtime.convert.convert import convert  # torch: see the module's doc
 
     record = convert(
         args.source, args.to, args.out, evaluation_texts(args.eval_text), args.min_agreement, args.name

@@ -45,7 +45,7 @@ def _write_target(source: Path, target: str, out: Path, name: str) -> ModelSetti
     model = load_causal_lm(fmt, torch.float32, torch.device("cpu"))
     settings = ModelSettings(path=str(out), device="cpu")
     if target == "gguf":
-        from model_runtime.convert.gguf_export import export_gguf
+        from model_runtime.convert.gguf_export import export_gguf  # needs the `formats` extra's gguf
 
         export_gguf(model, tokenizer, out / f"{name}.gguf", name)
         return settings
@@ -54,13 +54,15 @@ def _write_target(source: Path, target: str, out: Path, name: str) -> ModelSetti
     if target == "int8":
         int8.save(model, int8.quantize(model), out)
     elif target == "onnx":
-        from model_runtime.convert.onnx_export import export_onnx
+        from model_runtime.convert.onnx_export import export_onnx  # needs the `formats` extra's onnx
 
         model.set_attn_implementation("sdpa")  # the exported graph uses standard attention
         model.config.save_pretrained(out)
         export_onnx(model, out)
     elif target in _PRECISIONS:
-        model.to(_PRECISIONS[target]).save_pretrained(out, safe_serialization=True)
+        model.to(_PRECISIONS[target]).save_pretrained(  # type: ignore[arg-type]  # as torch_engine's
+            out, safe_serialization=True
+        )
         settings = ModelSettings(
             path=str(out), device="cpu", dtype="bfloat16" if target == "bf16" else "float16"
         )

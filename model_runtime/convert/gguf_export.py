@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -38,9 +39,10 @@ def export_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
         raise GGUFExportError(f"GGUF export supports the Llama family, not {config.model_type}")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rope_theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(
-        config, "rope_theta", 10000.0
-    )
+    rope_parameters: dict[str, Any] = getattr(config, "rope_parameters", None) or {}
+    rope_theta: float | None = rope_parameters.get("rope_theta")
+    if not rope_theta:  # an older transformers keeps it on the config itself
+        rope_theta = getattr(config, "rope_theta", 10000.0)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)

@@ -13,20 +13,25 @@ import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
-from model_runtime.demo.corpus import Corpus, load_corpus, split_first_sentence
+from model_runtime.corpus import Corpus, load_corpus, split_first_sentence
 from model_runtime.registry.manifest import MANIFEST, build_manifest, write_manifest
+from model_runtime.staging import staged
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +99,11 @@ def training_examples(corpus: Corpus, tokenizer: PreTrainedTokenizerFast) -> lis
     for paragraph in corpus.train:
         if split := split_first_sentence(paragraph):
             question, answer = split
-            texts.append(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                    tokenize=False,
-                )
+            chat = tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                tokenize=False,
             )
+            texts.append(cast(str, chat))  # tokenize=False: the rendered text
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
@@ -158,7 +162,7 @@ def train_model(
 
 
 @torch.inference_mode()
-def perplexity(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> float:
+def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> float:
     """Token-weighted perplexity of texts, each scored on its own (truncated to the model's context)."""
     limit = model.config.max_position_embeddings
     total_loss, total_tokens = 0.0, 0
@@ -204,25 +208,6 @@ def write_model(
     )
     write_manifest(folder, manifest)
     return manifest
-
-
-@contextmanager
-def staged(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside out_dir that replaces it when the block ends without error: a
-    half-built model is never seen at out_dir."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield staging
-        # mkdtemp and the weights writer create private modes; a model is read by a service user.
-        staging.chmod(0o755)
-        for path in staging.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_demo_model(out_dir: Path, recipe: Recipe = Recipe(), corpus: Corpus | None = None) -> dict:

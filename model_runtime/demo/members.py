@@ -18,25 +18,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import LlamaForCausalLM
 
+from model_runtime.corpus import Corpus, load_corpus
 from model_runtime.demo import build
 from model_runtime.demo.build import (
     Recipe,
     llama_config,
     perplexity,
-    staged,
     train_model,
     train_tokenizer,
     training_examples,
     write_model,
 )
-from model_runtime.demo.corpus import Corpus, load_corpus
 from model_runtime.ensemble.spec import EnsembleSpec, MemberSpec, write_spec
 from model_runtime.registry.manifest import MANIFEST, build_manifest, write_manifest
+from model_runtime.staging import staged
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def build_members(
     rng = random.Random(recipe.seed)  # noqa: S311 - a bootstrap sample, not a secret
     weights = [1.0] * len(examples)
     fingerprint = members_fingerprint(recipe, method, count)
-    members = []
+    members: list[dict[str, Any]] = []
     with staged(out_dir) as staging:
         for i in range(count):
             if method == "bagging":

@@ -1,8 +1,8 @@
-"""The engine contract: what the scheduler may ask of any engine (torch, ONNX, an ensemble).
+"""The engine contract: what the scheduler may ask of any engine (torch, ONNX, a plugin's).
 
 An engine keeps a running batch of sequences and their attention state. It never samples: it returns
-next-token logits and the scheduler chooses the token, so sampling stays in one place and an ensemble
-can combine distributions before anything is drawn.
+next-token logits and the scheduler chooses the token, so sampling stays in one place and an engine of
+several models can combine their distributions before anything is drawn.
 """
 
 from __future__ import annotations
@@ -69,11 +69,9 @@ class Engine(Protocol):
 
 @runtime_checkable
 class RoutableEngine(Engine, Protocol):
-    """An engine of several members (an ensemble) that can run a sequence on one member alone, which is
-    how a vote ensemble gets each member's own answer through the same scheduler."""
+    """An engine made of parts (an ensemble of models, say) that can run a sequence on one part alone:
+    a sequence whose SamplingParams.route is set is routed before it joins."""
 
-    member_names: tuple[str, ...]
-
-    def route(self, seq_id: int, member: int) -> None:
-        """Before seq_id joins: it runs on that member alone, and its rows are that member's logits."""
+    def route(self, seq_id: int, part: int) -> None:
+        """Before seq_id joins: it runs on that part alone, and its rows are that part's logits."""
         ...

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
@@ -117,6 +118,9 @@ class AlignedKVCache:
         """query [1, heads, tokens, dim] -> output [1, tokens, heads, dim] (what transformers expects)."""
         plan = self._pass
         assert plan is not None
+        keys, values = self._keys[layer_idx], self._values[layer_idx]
+        assert keys is not None  # update() stored this layer's first
+        assert values is not None
         heads, dim = query.shape[1], query.shape[3]
         kv_heads = key.shape[1]
         group = heads // kv_heads
@@ -126,8 +130,8 @@ class AlignedKVCache:
             # One query per row: fold the query heads that share a key head into the query length
             # (no copy of the keys for grouped-query attention).
             q = query[0, :, :n].transpose(0, 1).reshape(n, kv_heads, group, dim)
-            k = self._keys[layer_idx][:n, :, plan.read]
-            v = self._values[layer_idx][:n, :, plan.read]
+            k = keys[:n, :, plan.read]
+            v = values[:n, :, plan.read]
             mask = self.valid[:n, plan.read][:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
             outputs.append(out.reshape(n, heads, dim))
@@ -135,8 +139,8 @@ class AlignedKVCache:
             q = query[:, :, plan.decode :]
             if plan.chunk_keys is not None:
                 row, columns = plan.chunk_keys
-                k = self._keys[layer_idx][row : row + 1, :, columns]
-                v = self._values[layer_idx][row : row + 1, :, columns]
+                k = keys[row : row + 1, :, columns]
+                v = values[row : row + 1, :, columns]
             else:
                 k, v = key[:, :, plan.decode :], value[:, :, plan.decode :]
             if group > 1:
@@ -356,12 +360,13 @@ def _aligned_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     cache = _active.get()
     if cache is None:  # the model used outside the engine (a plain forward pass): ordinary attention
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    return cache.attend(module.layer_idx, query, key, value, scaling), None
+    layer = cast(int, module.layer_idx)  # every attention module of a transformers model has one
+    return cache.attend(layer, query, key, value, scaling), None
 
 
 AttentionInterface.register(ATTENTION_NAME, _aligned_attention)

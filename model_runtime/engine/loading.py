@@ -5,8 +5,9 @@ Formats: a Hugging Face folder with safetensors (preferred) or a PyTorch pickle 
 read with weights_only), one GGUF file (Llama family; config and tokenizer come from the file), an
 ONNX export (`model.onnx` with config.json and the tokenizer), and our own dynamic-int8 folder
 (safetensors of int8 weights and scales), and an ensemble (`ensemble.json` with the members' shared
-tokenizer; model_runtime/ensemble). Anything else, or a folder with something missing, is a
-ModelLoadError naming what is missing.
+tokenizer). Anything else, or a folder with something missing, is a ModelLoadError naming what is
+missing. Which engine loads each format is factory.py's table; the ensemble format's loader is a
+plugin's (model_runtime/ensemble/plugin.py), so this module only recognises its folder.
 """
 
 from __future__ import annotations

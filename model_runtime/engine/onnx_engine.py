@@ -15,9 +15,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from model_runtime.config import ModelSettings
 from model_runtime.engine.base import EngineInfo, ModelLoadError
@@ -35,7 +37,10 @@ SPEC = "onnx_engine.json"
 
 
 class OnnxEngine:
-    def __init__(self, session: object, spec: dict, tokenizer: object, info: EngineInfo) -> None:
+    def __init__(
+        self, session: Any, spec: dict, tokenizer: PreTrainedTokenizerBase, info: EngineInfo
+    ) -> None:
+        # session: an onnxruntime.InferenceSession; onnxruntime (the formats extra's) has no type hints
         self.session = session
         self.tokenizer = tokenizer
         self.info = info
@@ -165,7 +170,7 @@ class OnnxEngine:
 
 
 def load_onnx_engine(settings: ModelSettings) -> OnnxEngine:
-    import onnxruntime
+    import onnxruntime  # the `formats` extra's, not the runtime's: only when an ONNX export is served
 
     fmt = detect_format(Path(settings.path))
     if fmt.kind != "onnx":

@@ -31,12 +31,12 @@ _PROBE_STEPS = 6
 def _step_seconds(engine: Engine, threads: int, batch: int) -> float:
     torch.set_num_threads(threads)
     ids = list(range(batch))
-    engine.prefill(ids, [[1 + (i % 7)] * _PROBE_PROMPT for i in ids])
+    engine.step([], [], ids, [[1 + (i % 7)] * _PROBE_PROMPT for i in ids])
     tokens = [2] * batch
-    engine.decode(ids, tokens)  # the first step at a new thread count pays for thread start-up
+    engine.step(ids, tokens, [], [])  # the first step at a new thread count pays for thread start-up
     started = time.perf_counter()
     for _ in range(_PROBE_STEPS):
-        engine.decode(ids, tokens)
+        engine.step(ids, tokens, [], [])
     seconds = (time.perf_counter() - started) / _PROBE_STEPS
     engine.reset()
     return seconds

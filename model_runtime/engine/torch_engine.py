@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from model_runtime.config import ModelSettings
 from model_runtime.engine import int8
@@ -33,7 +33,7 @@ class TorchEngine:
     def __init__(
         self,
         model: PreTrainedModel,
-        tokenizer: object,
+        tokenizer: PreTrainedTokenizerBase,
         info: EngineInfo,
         max_batch: int,
         prefill_chunk: int = 4096,
@@ -100,6 +100,7 @@ class TorchEngine:
                 torch.tensor([piece], device=self.device), positions, torch.tensor([len(piece) - 1])
             )
             self.cache.commit()
+        assert logits is not None  # a prompt has a token at least
         self._add_rows([seq_id])
         return logits
 
@@ -180,7 +181,7 @@ def load_causal_lm(
         raise ModelLoadError(
             f"{fmt.folder}: {type(model).__name__} does not take a pluggable attention function"
         )
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorator hides to()'s signature
 
 
 def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> TorchEngine:

@@ -21,7 +21,6 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from model_runtime.config import ModelSettings, RegistrySettings
-from model_runtime.demo.build import staged
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.engine.loading import detect_format
 from model_runtime.ensemble.combine import Stacker
@@ -36,6 +35,7 @@ from model_runtime.ensemble.spec import (
 )
 from model_runtime.registry.registry import Registry, RegistryError, parse_ref
 from model_runtime.registry.resolve import PREFIX, materialize
+from model_runtime.staging import staged
 
 REPORT_FILE = "evaluation.json"
 EMBEDDED = "members"

@@ -1,5 +1,9 @@
 """`model-runtime ensemble evaluate|build`: choose an ensemble by evaluation, or write one by hand; either
-can push the result to the registry, where it is served by name like any model."""
+can push the result to the registry, where it is served by name like any model.
+
+The modules that do the work import torch (seconds), so each command imports them when it runs: every
+other `model-runtime` command builds this parser too.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import time
 from pathlib import Path
 
 from model_runtime.config import RegistrySettings
+from model_runtime.convert.cli import evaluation_texts
+from model_runtime.corpus import load_corpus
 from model_runtime.registry.cli import REGISTRY_ENV
 from model_runtime.registry.registry import Registry, RegistryError
 
@@ -23,9 +29,9 @@ def _push(args: argparse.Namespace, registry: RegistrySettings) -> None:
         return
     if not registry.url:
         raise RegistryError(f"--push needs a registry: give --registry or set {REGISTRY_ENV}")
-    from model_runtime.ensemble.artifact import push_ensemble
+    from model_runtime.ensemble import artifact  # torch: see the module's doc
 
-    manifest = push_ensemble(Registry.open(registry.url), args.push, args.out, args.alias)
+    manifest = artifact.push_ensemble(Registry.open(registry.url), args.push, args.out, args.alias)
     print(f"pushed {args.push}:{manifest['version']}" + (f" -> @{args.alias}" if args.alias else ""))
 
 
@@ -43,27 +49,25 @@ def _print_table(report: dict) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model_runtime.convert.cli import evaluation_texts
-    from model_runtime.demo.corpus import load_corpus
-    from model_runtime.ensemble.artifact import REPORT_FILE, resolve_candidates, write_ensemble
-    from model_runtime.ensemble.data import label_items, read_label_items
-    from model_runtime.ensemble.evaluate import evaluate_generation, evaluate_labels, load_candidates
+    from model_runtime.ensemble import artifact, data, evaluate  # torch: see the module's doc
 
     registry = _registry_settings(args)
-    candidates = resolve_candidates(args.candidates, registry)
-    engines = load_candidates(candidates, args.device)
+    candidates = artifact.resolve_candidates(args.candidates, registry)
+    engines = evaluate.load_candidates(candidates, args.device)
     texts = evaluation_texts(args.eval_text)
     source = str(args.eval_text) if args.eval_text else f"{load_corpus().source}, held out"
     if args.task == "generation":
-        evaluation = evaluate_generation(candidates, engines, texts)
+        evaluation = evaluate.evaluate_generation(candidates, engines, texts)
     elif args.eval_items:
-        evaluation = evaluate_labels(
-            candidates, engines, read_label_items(args.eval_items, engines[0].tokenizer)
+        evaluation = evaluate.evaluate_labels(
+            candidates, engines, data.read_label_items(args.eval_items, engines[0].tokenizer)
         )
         source = str(args.eval_items)
     else:
         context = min(e.info.max_context for e in engines)
-        evaluation = evaluate_labels(candidates, engines, label_items(texts, engines[0].tokenizer, context))
+        evaluation = evaluate.evaluate_labels(
+            candidates, engines, data.label_items(texts, engines[0].tokenizer, context)
+        )
     evaluation.data["source"] = source
     report = evaluation.report()
     _print_table(report)
@@ -75,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "best_member": report["best_member"],
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_ensemble(
+    artifact.write_ensemble(
         args.out,
         [evaluation.candidates[m] for m in best.members],
         engines[0].tokenizer,
@@ -83,26 +87,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         best.weights,
         best.combine,
         best.stacker,
-        record={"selection": selection, "report": REPORT_FILE},
+        record={"selection": selection, "report": artifact.REPORT_FILE},
         report=report,
     )
-    print(f"wrote {args.out} ({best.method}, report in {REPORT_FILE})")
+    print(f"wrote {args.out} ({best.method}, report in {artifact.REPORT_FILE})")
     _push(args, registry)
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from model_runtime.engine.loading import detect_format, load_tokenizer
-    from model_runtime.ensemble.artifact import resolve_candidates, write_ensemble
-    from model_runtime.ensemble.tokenizers import require_shared_tokenizer
+    # torch: see the module's doc
+    from model_runtime.engine import loading
+    from model_runtime.ensemble import artifact, tokenizers
 
     registry = _registry_settings(args)
-    candidates = resolve_candidates(args.candidates, registry)
-    tokenizers = [(c.name, load_tokenizer(detect_format(c.folder))) for c in candidates]
-    require_shared_tokenizer(tokenizers[0][1], tokenizers[1:], f"member {tokenizers[0][0]}'s")
+    candidates = artifact.resolve_candidates(args.candidates, registry)
+    loaded = [(c.name, loading.load_tokenizer(loading.detect_format(c.folder))) for c in candidates]
+    tokenizers.require_shared_tokenizer(loaded[0][1], loaded[1:], f"member {loaded[0][0]}'s")
     weights = args.weights or [1.0] * len(candidates)
-    spec = write_ensemble(
-        args.out, candidates, tokenizers[0][1], args.method, weights, args.combine,
+    spec = artifact.write_ensemble(
+        args.out, candidates, loaded[0][1], args.method, weights, args.combine,
         record={"built_by": "model-runtime ensemble build"},
     )  # fmt: skip
     print(json.dumps(spec.model_dump(mode="json"), indent=2))

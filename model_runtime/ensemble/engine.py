@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from model_runtime.config import ModelSettings, RegistrySettings
 from model_runtime.engine.base import Engine, EngineInfo, ModelLoadError
+from model_runtime.engine.factory import LoadContext
 from model_runtime.engine.loading import detect_format, load_tokenizer
 from model_runtime.ensemble.combine import Combiner, aligned_logprobs, combiner_for
 from model_runtime.ensemble.spec import MemberSpec, read_spec
@@ -34,7 +36,7 @@ class EnsembleEngine:
         members: Sequence[Engine],
         member_names: Sequence[str],
         combiner: Combiner,
-        tokenizer: object,
+        tokenizer: PreTrainedTokenizerBase,
         info: EngineInfo,
     ) -> None:
         self.members = list(members)
@@ -132,21 +134,16 @@ def member_folder(member: MemberSpec, folder: Path, registry: RegistrySettings |
         raise ModelLoadError(f"member {member.name} ({ref}): {exc}") from exc
 
 
-def load_ensemble_engine(
-    settings: ModelSettings,
-    max_batch: int,
-    prefill_chunk: int = 4096,
-    registry: RegistrySettings | None = None,
-) -> EnsembleEngine:
-    from model_runtime.engine.factory import load_engine  # the factory dispatches here
-
+def load_ensemble_engine(settings: ModelSettings, context: LoadContext) -> EnsembleEngine:
+    """The engine loader of the `ensemble` format (see plugin.py): the members are loaded through the
+    context, by the engine table's loaders of their own formats."""
     started = time.perf_counter()
     folder = Path(settings.path)
     spec = read_spec(folder)
     tokenizer = load_tokenizer(detect_format(folder), settings.trust_remote_code)
     member_settings = []
     for member in spec.members:
-        path = member_folder(member, folder, registry)
+        path = member_folder(member, folder, context.registry)
         fmt = detect_format(path)
         if fmt.kind == "ensemble":
             raise ModelLoadError(f"member {member.name}: an ensemble cannot be a member of another")
@@ -154,7 +151,7 @@ def load_ensemble_engine(
         require_shared_tokenizer(tokenizer, [(member.name, load_tokenizer(fmt, settings.trust_remote_code))])
         member_settings.append(settings.model_copy(update={"path": str(path), "served_name": member.name}))
     combiner = combiner_for(spec, folder)
-    members = [load_engine(s, max_batch, prefill_chunk) for s in member_settings]
+    members = [context.load(s) for s in member_settings]
     infos = [m.info for m in members]
     info = EngineInfo(
         max_context=min(i.max_context for i in infos),

@@ -20,7 +20,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -232,11 +232,10 @@ def greedy_answers(engine: Engine, items: Sequence[LabelItem], eos: frozenset[in
         for item, tokens in zip(chunk, generated, strict=True):
             kept = tokens[: len(item.answer_ids)]
             end = next((k for k, t in enumerate(kept) if t in eos), len(kept))
-            answers.append(
-                engine.tokenizer.decode(
-                    kept[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
+            text = engine.tokenizer.decode(
+                kept[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False
             )
+            answers.append(cast(str, text))  # one sequence of ids decodes to one string
     return answers
 
 
@@ -285,7 +284,7 @@ def evaluate_labels(
         ]
         combination.test = accuracy(voted, test)
     names = [c.name for c in candidates]
-    items = [
+    answered = [
         {
             "prompt": item.prompt,
             "answer": item.answer,
@@ -297,5 +296,5 @@ def evaluate_labels(
     data = {"validation": {"items": len(validation)}, "test": {"items": len(test)}}
     return Evaluation(
         "labels", "accuracy", candidates, [validation_accuracy[m] for m in order],
-        [accuracy(a, test) for a in test_answers], combinations, data, items,
+        [accuracy(a, test) for a in test_answers], combinations, data, answered,
     )  # fmt: skip

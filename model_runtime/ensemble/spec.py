@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,7 +23,7 @@ from model_runtime.registry.resolve import PREFIX as REGISTRY_PREFIX
 from model_runtime.registry.trust import NAME_PATTERN, path_problem
 
 SPEC_FILE = "ensemble.json"
-FORMAT = "model-runtime-ensemble/1"
+FORMAT: Final = "model-runtime-ensemble/1"
 STACKER_FILE = "stacker.safetensors"
 
 Method = Literal["average", "stack", "vote"]

@@ -1,4 +1,7 @@
-"""`model-runtime registry ...`: push, list, show, pull, promote, rollback, gc, convert."""
+"""`model-runtime registry ...`: push, list, show, pull, promote, rollback, gc, convert.
+
+Reading a model folder's format and converting import torch (seconds), so push and convert import
+those modules when they run: every other `model-runtime` command builds this parser too."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from model_runtime.convert import TARGETS
+from model_runtime.convert.cli import evaluation_texts
 from model_runtime.registry.registry import Registry, RegistryError, parse_ref
 
 REGISTRY_ENV = "MODEL_RUNTIME_REGISTRY"
@@ -28,7 +33,7 @@ def _print(data: object) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from model_runtime.engine.loading import detect_format
+    from model_runtime.engine.loading import detect_format  # torch: see the module's doc
 
     registry = _registry(args)
     fmt = detect_format(args.folder)  # refuse an incomplete folder before uploading anything
@@ -55,7 +60,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     by_version: dict[str, list[str]] = {}
     for alias, record in registry.aliases(args.name).items():
-        by_version.setdefault(record.get("version"), []).append(alias)
+        by_version.setdefault(record["version"], []).append(alias)
     for version in registry.versions(args.name):
         marks = " ".join(f"@{a}" for a in sorted(by_version.get(version, [])))
         print(f"{args.name}:{version} {marks}".rstrip())
@@ -95,7 +100,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Pull the source, convert it, push the result as a new version with its lineage and checks."""
-    from model_runtime.convert.cli import evaluation_texts
+    # torch: see the module's doc
     from model_runtime.convert.convert import convert
     from model_runtime.engine.loading import detect_format
 
@@ -125,8 +130,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from model_runtime.convert import TARGETS
-
     registry = commands.add_parser("registry", help="versioned model artifacts in a folder or S3")
     registry.add_argument("--registry", help=f"a folder or s3://bucket/prefix (default ${REGISTRY_ENV})")
     verbs = registry.add_subparsers(dest="verb", required=True)

@@ -151,6 +151,7 @@ class Registry:
             if record is None:
                 raise RegistryError(f"{name}@{alias}: no such alias (promote a version first)")
             version = record["version"]
+        assert version is not None  # a reference names a version or an alias (parse_ref)
         self.manifest(name, version)  # raises when the version is not committed
         return name, version
 

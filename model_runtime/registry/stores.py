@@ -15,14 +15,15 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from model_runtime.errors import OperatorError
 
 # Files above this go up in parts (S3 refuses single PUTs over 5 GB; parts also retry individually).
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+T = TypeVar("T")
 
 
 class StoreError(OperatorError, RuntimeError):
@@ -175,8 +176,15 @@ class S3Store:
     instance role; AWS_ENDPOINT_URL for MinIO or moto)."""
 
     def __init__(self, url: str) -> None:
-        import boto3
-        from boto3.s3.transfer import TransferConfig
+        # boto3 is the `s3` extra's, not the runtime's: imported only when an S3 store is opened.
+        try:
+            import boto3
+            from boto3.s3.transfer import TransferConfig
+        except ModuleNotFoundError as missing:
+            raise StoreError(
+                f"{url}: the S3 store needs {missing.name}, which is not installed: "
+                "pip install 'model-runtime[s3]'"
+            ) from None
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
@@ -197,8 +205,8 @@ class S3Store:
         base = self._key(prefix.strip("/")) if prefix.strip("/") else self.prefix
         return f"{base}/" if base else ""
 
-    def _call(self, what: str, key: str, operation: object, *args: object, **kwargs: object) -> object:
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _call(self, what: str, key: str, operation: Callable[..., T], *args: object, **kwargs: object) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError  # boto3's own; present once it loaded
 
         try:
             return operation(*args, **kwargs)

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 
@@ -211,8 +210,8 @@ class Scheduler:
         live = self._running  # cancelled ones left in _retire before this step
         self._running = live + admitted  # so that an engine failure ends the joining ones too
         for seq in admitted:
-            if seq.params.member is not None:  # the server sends these only to an ensemble
-                cast(RoutableEngine, self.engine).route(seq.id, seq.params.member)
+            if seq.params.route is not None:
+                self._route(seq.id, seq.params.route)
         logits = self.engine.step(
             [s.id for s in live],
             [s.last_token for s in live],
@@ -220,6 +219,11 @@ class Scheduler:
             [s.prompt for s in admitted],
         )
         self._advance(self._running, logits, touched)
+
+    def _route(self, seq_id: int, part: int) -> None:
+        if not isinstance(self.engine, RoutableEngine):
+            raise TypeError(f"{type(self.engine).__name__} has no parts to route a sequence to")
+        self.engine.route(seq_id, part)
 
     def _advance(self, seqs: list[_Seq], logits: torch.Tensor, touched: dict) -> None:
         rows = [

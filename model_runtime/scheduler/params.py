@@ -22,7 +22,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
-    member: int | None = None  # an ensemble member that runs this sequence alone (a vote); None: all
+    route: int | None = None  # the part of a RoutableEngine that runs this sequence alone; None: all
 
     @property
     def greedy(self) -> bool:

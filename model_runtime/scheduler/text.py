@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -84,8 +85,9 @@ class IncrementalText:
         self._held = ""  # decoded, not released: the tail that may still begin a stop sequence
         self.stopped = False
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    def _decode(self, ids: list[int]) -> str:
+        text = self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return cast(str, text)  # one sequence of ids decodes to one string
 
     def add(self, token: int) -> str:
         """Feed one generated token; return the text that may now be released (possibly empty)."""

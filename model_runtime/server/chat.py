@@ -9,11 +9,9 @@ from jinja2 import TemplateError
 
 from model_runtime.config import Settings
 from model_runtime.scheduler.events import Event, TokenLogprobs
-from model_runtime.server import voting
 from model_runtime.server.errors import bad_request
-from model_runtime.server.formatting import Envelope, TokenTexts
+from model_runtime.server.formatting import ChoiceResult, Envelope, TokenTexts, client_finish_reason
 from model_runtime.server.generation import (
-    ChoiceResult,
     Generation,
     check_common,
     check_size,
@@ -79,7 +77,7 @@ def _unsupported(req: ChatCompletionRequest) -> None:
 
 class ChatFormatter:
     def __init__(self, served: ServedModel, logprobs: int | None) -> None:
-        self.envelope = Envelope(served, "chat.completion.chunk", "chatcmpl")
+        self.envelope = Envelope(served.name, served.fingerprint, "chat.completion.chunk", "chatcmpl")
         self._texts = TokenTexts(served.tokenizer) if logprobs is not None else None
 
     def _logprobs(self, entries: list[TokenLogprobs] | tuple[TokenLogprobs, ...]) -> ChatLogprobs | None:
@@ -137,7 +135,7 @@ class ChatFormatter:
                     index=c.index,
                     message=AssistantMessage(content=c.text),
                     logprobs=self._logprobs(c.logprobs),
-                    finish_reason=c.finish_reason if c.finish_reason in ("stop", "length") else None,
+                    finish_reason=client_finish_reason(c.finish_reason),
                 )
                 for c in choices
             ],
@@ -161,10 +159,9 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     formatter = ChatFormatter(served, logprobs)
-    params, writer = voting.plan(
-        req, served, sampling_params(req, max_tokens, logprobs, bias), formatter, formatter.envelope, 1,
-        runtime.settings.scheduler,
-    )  # fmt: skip
+    params, writer = served.hook.plan(
+        req, sampling_params(req, max_tokens, logprobs, bias), formatter, 1, runtime.settings.scheduler
+    )
     generation = Generation(served, [prompt], params, runtime.settings.scheduler.request_timeout_s)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
 from model_runtime.scheduler.events import Event, TokenLogprobs
-from model_runtime.server import voting
 from model_runtime.server.errors import bad_request
-from model_runtime.server.formatting import Envelope, TokenTexts
+from model_runtime.server.formatting import ChoiceResult, Envelope, TokenTexts, client_finish_reason
 from model_runtime.server.generation import (
-    ChoiceResult,
     Generation,
     check_common,
     check_size,
@@ -37,7 +35,7 @@ def as_prompts(prompt: Prompt) -> list[str | list[int]]:
     """The request's prompts as a list: a string or a list of token ids is one prompt."""
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         return [prompt]
-    return list(prompt)
+    return list(cast(list[str] | list[list[int]], prompt))
 
 
 def prompt_size(prompts: list[str | list[int]]) -> tuple[int, int]:
@@ -67,7 +65,7 @@ def tokenize_prompts(prompt: list[str | list[int]], served: ServedModel) -> list
 
 class CompletionFormatter:
     def __init__(self, served: ServedModel, logprobs: int | None) -> None:
-        self.envelope = Envelope(served, "text_completion", "cmpl")
+        self.envelope = Envelope(served.name, served.fingerprint, "text_completion", "cmpl")
         self._texts = TokenTexts(served.tokenizer) if logprobs is not None else None
         self._top = bool(logprobs)
         self._offsets: dict[int, int] = {}
@@ -98,7 +96,7 @@ class CompletionFormatter:
             "index": event.index,
             "text": event.text,
             "logprobs": logprobs.model_dump() if logprobs else None,
-            "finish_reason": _reason(event.finish_reason),
+            "finish_reason": client_finish_reason(event.finish_reason),
         }
         return [self.envelope.chunk([choice])]
 
@@ -110,17 +108,12 @@ class CompletionFormatter:
                     index=c.index,
                     text=c.text,
                     logprobs=self._logprobs(c.index, c.logprobs),
-                    finish_reason=_reason(c.finish_reason),
+                    finish_reason=client_finish_reason(c.finish_reason),
                 )
                 for c in choices
             ],
             usage=usage,
         )
-
-
-def _reason(finish_reason: str | None) -> str | None:
-    # "cancelled" never reaches a client that is still listening.
-    return finish_reason if finish_reason in ("stop", "length") else None
 
 
 @router.post("/v1/completions", response_model=Completion)
@@ -143,10 +136,9 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
         served, max(len(p) for p in prompts), req.max_tokens, "max_tokens" in req.model_fields_set, "prompt"
     )
     formatter = CompletionFormatter(served, req.logprobs)
-    params, writer = voting.plan(
-        req, served, sampling_params(req, max_tokens, req.logprobs, bias), formatter, formatter.envelope,
-        len(prompts), limits,
-    )  # fmt: skip
+    params, writer = served.hook.plan(
+        req, sampling_params(req, max_tokens, req.logprobs, bias), formatter, len(prompts), limits
+    )
     generation = Generation(served, prompts, params, limits.request_timeout_s)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(

@@ -123,7 +123,9 @@ def param_path(loc: Sequence[str | int]) -> str | None:
     return path or None
 
 
-def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+# Starlette types every handler as taking any Exception; each is registered for its own class.
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first["type"] == "json_invalid":
@@ -146,7 +148,8 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return bad_request(message, param, "invalid_value").response()
 
 
-def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
     response = APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code)).response()
     # Starlette's own headers, such as the Allow that a 405 must carry (RFC 9110).

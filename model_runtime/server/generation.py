@@ -1,25 +1,24 @@
 """What completions and chat share: checking a request against the model's limits, turning it into
 sequences for the scheduler, and carrying the scheduler's events back to the HTTP response, streamed
 as server-sent events or collected into one body. The two endpoints differ only in how they build
-the prompt and how they format a choice (a formatter, below)."""
+the prompt and how they format a choice (a Formatter, formatting.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from model_runtime.config import Settings
-from model_runtime.scheduler.events import Event, Handle, RequestTimeout, TokenLogprobs
+from model_runtime.scheduler.events import Event, Handle, RequestTimeout
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.server.errors import APIError, bad_request, from_exception
+from model_runtime.server.formatting import ChoiceResult, Formatter, accumulate
 from model_runtime.server.protocol import Usage, _SamplingFields
 from model_runtime.server.state import RuntimeState, ServedModel
 
@@ -199,30 +198,6 @@ def _merge(events: list[Event]) -> list[Event]:
     return list(merged.values())
 
 
-class Formatter(Protocol):
-    """How one endpoint writes choices: streamed chunks and the final body."""
-
-    def chunks(self, event: Event, first: bool) -> list[str]: ...
-    def body(self, choices: list[ChoiceResult], usage: Usage) -> Any: ...
-
-
-@dataclass
-class ChoiceResult:
-    index: int
-    text: str = ""
-    tokens: int = 0
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
 def _sse(data: str) -> str:
     return f"data: {data}\n\n"
 
@@ -277,14 +252,6 @@ async def _collect(generation: Generation, first: list[Event] | None) -> list[Ch
     return [results[i] for i in sorted(results)]
 
 
-def accumulate(results: dict[int, ChoiceResult], event: Event) -> None:
-    result = results.setdefault(event.index, ChoiceResult(event.index))
-    result.text += event.text
-    result.tokens = event.tokens
-    result.finish_reason = event.finish_reason or result.finish_reason
-    result.logprobs.extend(event.logprobs)
-
-
 def _usage(generation: Generation, choices: list[ChoiceResult]) -> Usage:
     completion = sum(c.tokens for c in choices)
     return Usage(
@@ -305,7 +272,7 @@ async def _stream(
     try:
         events = first
         while events is not None:
-            parts = []  # one write per wake-up, however many chunks it carries
+            parts: list[str] = []  # one write per wake-up, however many chunks it carries
             for event in events:
                 if event.error is not None:
                     yield "".join(parts) + _sse(json.dumps(from_exception(event.error).body())) + _DONE

@@ -14,6 +14,7 @@ from prometheus_client import (
 )
 
 from model_runtime import __version__
+from model_runtime.scheduler.worker.parent import StepObserver
 
 # Token latencies on CPU span a millisecond (tiny model, one stream) to a second (big batch).
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,8 +86,8 @@ class RuntimeMetrics:
         return ModelMetrics(self, name)
 
 
-class ModelMetrics:
-    """The scheduler's view (scheduler.core.Metrics), with the model label bound once."""
+class ModelMetrics(StepObserver):
+    """What the engine process's steps tell the metrics of one model (its label bound once)."""
 
     def __init__(self, metrics: RuntimeMetrics, model: str) -> None:
         self._queue = metrics.queue_depth.labels(model=model)

@@ -18,11 +18,14 @@ import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
+from typing import cast
 
 import uvicorn
+from fastapi import FastAPI
 
 from model_runtime.config import ConfigError, ModelSettings, Settings
 from model_runtime.server.app import create_app
+from model_runtime.server.hook import NO_PLUGIN, Plugin
 from model_runtime.server.starts import count_start
 from model_runtime.server.state import RuntimeState, ServedModel, start_served_model
 
@@ -70,8 +73,9 @@ class DrainingServer(uvicorn.Server):
             log.warning(
                 "SIGHUP: only the model section changes without a restart; other changes wait for one"
             )
+        app = cast(FastAPI, self.config.app)  # serve() hands uvicorn the app itself
         try:
-            await self.config.app.state.swapper.swap(fresh.model)
+            await app.state.swapper.swap(fresh.model)
         except Exception as exc:  # the swapper keeps the old version serving and says why
             log.error("SIGHUP: swap failed", extra={"error": str(exc)})
             return
@@ -118,8 +122,11 @@ def listen(setting: str, host: str, port: int) -> socket.socket:
         raise ConfigError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
-    """Run until drained; return the process exit code. reload reads the settings again (SIGHUP)."""
+def serve(
+    settings: Settings, reload: Callable[[], Settings] | None = None, plugin: Plugin = NO_PLUGIN
+) -> int:
+    """Run until drained; return the process exit code. reload reads the settings again (SIGHUP);
+    plugin serves formats beyond the engine's own (the CLI passes the ensemble package's)."""
     starts = count_start(settings.server.state_dir)
     public = listen("server.port", settings.server.host, settings.server.port)
     try:
@@ -133,7 +140,7 @@ def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> i
 
     def loader(model: ModelSettings) -> ServedModel:
         assert runtime.dispatch is not None, "models load once the event loop runs"
-        served = start_served_model(settings, model, runtime.metrics, runtime.dispatch)
+        served = start_served_model(settings, model, runtime.metrics, runtime.dispatch, plugin)
         served.scheduler.on_death = on_fatal  # a dead engine makes this replica useless: exit, get restarted
         return served
 

@@ -1,7 +1,8 @@
 """What one server process holds: its settings, keys, metrics, phase, and the table of served models.
 
-The table maps a name to a served model (engine + scheduler + version). Serving one model, serving
-several, swapping a version under a name and serving an ensemble under a name are all entries of it.
+The table maps a name to a served model (engine + scheduler + version + request hook). Serving one
+model, serving several, swapping a version under a name and serving a plugin's model (an ensemble)
+under a name are all entries of it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from model_runtime import __version__
 from model_runtime.config import ModelSettings, Settings
 from model_runtime.engine.base import EngineInfo
 from model_runtime.engine.loading import detect_format, load_tokenizer
-from model_runtime.ensemble.spec import EnsembleSpec, read_spec
 from model_runtime.registry.resolve import materialize
 from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
-from model_runtime.scheduler.worker import EngineProcess, WorkerSpec
+from model_runtime.scheduler.worker.messages import WorkerSpec
+from model_runtime.scheduler.worker.parent import EngineProcess
 from model_runtime.server.errors import APIError, not_ready
+from model_runtime.server.hook import Plugin, RequestHook
 from model_runtime.server.metrics import RuntimeMetrics
 
 Phase = Literal["loading", "ready", "draining", "failed"]
@@ -33,14 +35,15 @@ T = TypeVar("T")
 
 @dataclass
 class ServedModel:
-    """One entry of the table: a name, the version behind it, and its engine process."""
+    """One entry of the table: a name, the version behind it, its engine process, and the hook its
+    requests go through (server/hook.py)."""
 
     name: str
     version: str
     info: EngineInfo
     tokenizer: PreTrainedTokenizerBase
     scheduler: EngineProcess
-    ensemble: EnsembleSpec | None = None  # how the engine's members answer together, for an ensemble
+    hook: RequestHook
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -62,26 +65,28 @@ def loop_dispatch(loop: asyncio.AbstractEventLoop) -> Dispatch:
 
 
 def start_served_model(
-    settings: Settings, model: ModelSettings, metrics: RuntimeMetrics, dispatch: Dispatch
+    settings: Settings, model: ModelSettings, metrics: RuntimeMetrics, dispatch: Dispatch, plugin: Plugin
 ) -> ServedModel:
     """Start an engine process for model (a registry reference is pulled first), and wait until it is
-    loaded and warm (blocking)."""
+    loaded and warm (blocking). plugin: the formats served beyond the engine's own."""
     model = materialize(model, settings.registry)
     version = model.version or "unversioned"
     engine = EngineProcess(
         WorkerSpec(
-            model=model, scheduler=settings.scheduler, logging=settings.logging, registry=settings.registry
+            model=model,
+            scheduler=settings.scheduler,
+            logging=settings.logging,
+            loaders=plugin.engine_loaders(),
+            registry=settings.registry,
         ),
         metrics.for_model(model.name),
     )
     info = engine.start(dispatch)
-    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights;
-    # an ensemble folder carries its members' shared one, and its spec (a vote is tallied here).
+    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
     fmt = detect_format(Path(model.path))
     tokenizer = load_tokenizer(fmt, model.trust_remote_code)
-    ensemble = read_spec(fmt.folder) if fmt.kind == "ensemble" else None
     metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
-    return ServedModel(model.name, version, info, tokenizer, engine, ensemble)
+    return ServedModel(model.name, version, info, tokenizer, engine, plugin.hook(fmt, model.name))
 
 
 class RuntimeState:

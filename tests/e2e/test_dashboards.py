@@ -16,9 +16,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import REPO
+from harness.server import RuntimeProcess
 from tests.support.haproxy import HAProxy
-from tests.support.models import REPO
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RuntimeProcess
+from harness.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,13 +13,13 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from harness.server import RuntimeProcess
 from tests.support.ensembles import (
     member_folders,
     member_logprobs,
     mixture,
     single_threaded,
 )
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

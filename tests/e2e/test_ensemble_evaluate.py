@@ -18,12 +18,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model_runtime.demo.corpus import load_corpus
+from harness.models import ensure_demo_model
+from harness.server import RuntimeProcess
+from model_runtime.corpus import load_corpus
 from model_runtime.ensemble.combine import Stacker
 from model_runtime.registry.registry import Registry
 from tests.support.ensembles import load_models, member_folders, single_threaded
-from tests.support.models import ensure_demo_model
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

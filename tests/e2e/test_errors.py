@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server import API_KEY, RuntimeProcess, metric_value
+from harness.server import API_KEY, RuntimeProcess, metric_value
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from transformers import AutoTokenizer
 
-from tests.support.server import API_KEY, RuntimeProcess
+from harness.server import API_KEY, RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

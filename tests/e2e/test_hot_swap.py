@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.load import BackgroundLoad
-from tests.support.server import API_KEY, RuntimeProcess
+from harness.load import Load, completions
+from harness.server import API_KEY, RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,7 @@ def served_version(server: RuntimeProcess) -> str:
 
 
 def test_swap_under_load_drops_nothing(server: RuntimeProcess, versions: dict[str, Path]) -> None:
-    with BackgroundLoad(server.base_url, API_KEY, "demo") as load:
+    with Load(server.base_url, completions("demo"), api_key=API_KEY) as load:
         load.wait_for(20)
         response = swap(server, {"path": str(versions["v2"]), "version": "v2"})
         swapped_at = time.monotonic()
@@ -83,7 +83,7 @@ def test_swap_under_load_drops_nothing(server: RuntimeProcess, versions: dict[st
 def test_swap_to_a_broken_version_keeps_the_old_one_serving(
     server: RuntimeProcess, versions: dict[str, Path]
 ) -> None:
-    with BackgroundLoad(server.base_url, API_KEY, "demo") as load:
+    with Load(server.base_url, completions("demo"), api_key=API_KEY) as load:
         load.wait_for(20)
         response = swap(server, {"path": str(versions["broken"]), "version": "broken"})
         load.wait_for(len(load.outcomes) + 20)
@@ -114,7 +114,7 @@ def test_sighup_after_a_config_change_swaps(server: RuntimeProcess, versions: di
     config = yaml.safe_load(server.config_file.read_text())
     config["model"].update(path=str(versions["v3"]), version="v3")
     server.config_file.write_text(yaml.safe_dump(config))
-    with BackgroundLoad(server.base_url, API_KEY, "demo") as load:
+    with Load(server.base_url, completions("demo"), api_key=API_KEY) as load:
         load.wait_for(10)
         server.signal(signal.SIGHUP)
         deadline = time.monotonic() + 120

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.server import RuntimeProcess
 from model_runtime.config import ConfigError, load_settings
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

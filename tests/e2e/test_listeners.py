@@ -12,10 +12,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from harness.server import API_KEY, RuntimeProcess
 from model_runtime.config import Settings
 from model_runtime.server.app import create_app
 from model_runtime.server.state import RuntimeState, ServedModel
-from tests.support.server import API_KEY, RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.server import API_KEY, RuntimeProcess, metric_value
 from tests.support.haproxy import HAProxy
-from tests.support.server import API_KEY, RuntimeProcess, metric_value
 
 pytestmark = pytest.mark.e2e
 

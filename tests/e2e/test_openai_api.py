@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.server import RuntimeProcess
+from harness.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.server import RuntimeProcess
 from model_runtime.config import SchedulerSettings, ServerSettings
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RuntimeProcess, metric_value
+from harness.server import RuntimeProcess, metric_value
 
 pytestmark = pytest.mark.e2e
 

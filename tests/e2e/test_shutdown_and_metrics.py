@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import RuntimeProcess, metric_value
+from harness.server import RuntimeProcess, metric_value
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
+from harness.server import RuntimeProcess
 from model_runtime.server.errors import NOT_READY_MESSAGES
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -26,9 +25,9 @@ import openai
 import pytest
 import testinfra
 
-from model_runtime.fleet.haproxy_stats import server_rows
-from tests.support.ansible import ensure_wheelhouse, playbook, release_wheelhouse
-from tests.support.models import REPO
+from harness import REPO
+from harness.playbooks import ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
+from module_utils.haproxy_runtime import server_rows
 from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [
@@ -44,6 +43,10 @@ DEBIAN_10 = (
 
 
 LB = f"{SUBNET}.11"  # host a: a GPU server and the load balancer
+# The roles' ports (each host runs one instance): where clients, HAProxy and monitoring connect.
+RUNTIME, BALANCER = role_defaults("model_runtime"), role_defaults("loadbalancer")
+PORT, METRICS_PORT = RUNTIME["model_runtime_base_port"], RUNTIME["model_runtime_metrics_base_port"]
+LB_PORT, STATS_PORT = BALANCER["loadbalancer_port"], BALANCER["loadbalancer_stats_port"]
 
 
 def fleet_vars(hosts: TestHosts, wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
@@ -71,7 +74,6 @@ def fleet_vars(hosts: TestHosts, wheelhouse: Path, model: Path, *more_wheelhouse
         "loadbalancer_prefix": "{{ fleet_prefix }}",
         "loadbalancer_service_manager": "supervisord",
         "loadbalancer_bind_address": "{{ ansible_host }}",
-        "loadbalancer_port": 8000,
         "loadbalancer_tls_self_signed": True,
         "loadbalancer_tls_names": ["{{ ansible_host }}"],
         "loadbalancer_pip_args": offline,
@@ -163,20 +165,20 @@ def test_host_state(fleet: dict, hosts: TestHosts, name: str) -> None:
     assert current.is_symlink
     assert machine.file(f"{current.linked_to}/.verified").exists
     address = hosts.hosts[name].address
-    assert machine.socket(f"tcp://{address}:8101").is_listening
+    assert machine.socket(f"tcp://{address}:{PORT}").is_listening
     serving = [p for p in machine.process.filter(user=f"mrt-{name}") if "model-runtime serve" in p.args]
     assert serving, "no model-runtime process runs as the service user"
     tls = f"{prefix}/etc/model-runtime/tls"
     key = machine.file(f"{tls}/runtime.key")
     assert (key.mode, key.user) == (0o600, f"mrt-{name}")
     ready = machine.ansible(
-        "uri", f"url=https://{address}:8101/health/ready ca_path={tls}/ca.pem", check=False
+        "uri", f"url=https://{address}:{PORT}/health/ready ca_path={tls}/ca.pem", check=False
     )
     assert ready["status"] == 200
 
 
 def test_haproxy_balances_over_both_hosts(fleet: dict, hosts: TestHosts) -> None:
-    client = api(hosts, LB, 8000)
+    client = api(hosts, LB, LB_PORT)
     reply = client.completions.create(model="demo", prompt="This License", max_tokens=8)
     assert reply.choices[0].text
     chat = client.chat.completions.create(
@@ -200,7 +202,7 @@ NOT_FORWARDED = [
 def lb_get(hosts: TestHosts, path: str) -> tuple[int, dict[str, str], bytes]:
     """GET through the load balancer with the path sent exactly as written (http.client, unlike httpx,
     neither resolves dot segments nor merges slashes)."""
-    connection = http.client.HTTPSConnection(LB, 8000, context=fleet_tls(hosts), timeout=30)
+    connection = http.client.HTTPSConnection(LB, LB_PORT, context=fleet_tls(hosts), timeout=30)
     try:
         connection.request("GET", path, headers={"Authorization": f"Bearer {KEY}"})
         answer = connection.getresponse()
@@ -233,7 +235,7 @@ def test_the_load_balancer_forwards_the_api_normalised(fleet: dict, hosts: TestH
 def s_client(hosts: TestHosts, *options: str) -> subprocess.CompletedProcess:
     """A TLS handshake with the load balancer by openssl's own client, trusting the fleet CA."""
     return subprocess.run(
-        ["openssl", "s_client", "-connect", f"{LB}:8000", "-verify_return_error",
+        ["openssl", "s_client", "-connect", f"{LB}:{LB_PORT}", "-verify_return_error",
          "-CAfile", str(hosts.workdir / "fleet-ca" / "ca.pem"), *options],
         input="", capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
@@ -295,17 +297,17 @@ def test_instances_speak_only_tls_with_their_host_certificate(fleet: dict, hosts
     address = hosts.hosts["b"].address
     with hosts.network_of("a"):
         with pytest.raises(httpx.TransportError):
-            httpx.get(f"http://{address}:8101/health/ready", timeout=10)
+            httpx.get(f"http://{address}:{PORT}/health/ready", timeout=10)
         # The name HAProxy checks (the inventory name), signed by the fleet CA.
         with (
-            socket.create_connection((address, 8101), timeout=10) as raw,
+            socket.create_connection((address, PORT), timeout=10) as raw,
             fleet_tls(hosts).wrap_socket(raw, server_hostname="b") as conn,
         ):
             assert conn.version() in ("TLSv1.2", "TLSv1.3")
 
 
 # An instance's port, and its internal listener's (metrics, admin: for monitoring hosts only, none here).
-@pytest.mark.parametrize(("port", "from_the_load_balancer"), [(8101, True), (9101, False)])
+@pytest.mark.parametrize(("port", "from_the_load_balancer"), [(PORT, True), (METRICS_PORT, False)])
 def test_only_the_load_balancer_reaches_the_instances(
     fleet: dict, hosts: TestHosts, port: int, from_the_load_balancer: bool
 ) -> None:
@@ -342,7 +344,7 @@ def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
     assert not (models / "broken-1").exists()
     assert not (models / ".broken-1.partial").exists()
     with hosts.network_of("a"):
-        served = api(hosts, LB, 8101).models.list()
+        served = api(hosts, LB, PORT).models.list()
     assert served.data[0].model_extra["version"] == before
 
 
@@ -384,7 +386,7 @@ def test_deploy_a_model_from_the_registry_by_alias(fleet: dict, hosts: TestHosts
     assert run.returncode == 0, run.output[-5000:]
     for name in ("a", "b"):
         with hosts.network_of("a"):  # the load balancer's host: the firewall lets it in
-            served = api(hosts, hosts.hosts[name].address, 8101).models.list()
+            served = api(hosts, hosts.hosts[name].address, PORT).models.list()
         assert served.data[0].model_extra["version"] == version
         kept = json.loads(
             (
@@ -413,8 +415,9 @@ def test_fab_status_table_and_json(fleet: dict) -> None:
     assert table.returncode == 0, table.stderr
     assert re.search(r"^a\s+1\s+\S+\s+demo@", table.stdout, re.MULTILINE)
     assert re.search(r"^b\s+1\s+\S+\s+demo@", table.stdout, re.MULTILINE)
+    assert re.search(r"^a\s+1\s.*\sUP$", table.stdout, re.MULTILINE), table.stdout  # at the load balancer
     data = json.loads(fab(fleet, "status", "--json").stdout)
-    assert {row["host"] for row in data["instances"]} == {"a", "b"}
+    assert {(row["host"], row["balancers"]) for row in data["instances"]} == {("a", "UP"), ("b", "UP")}
 
 
 def test_fab_logs(fleet: dict) -> None:
@@ -426,21 +429,20 @@ def test_fab_logs(fleet: dict) -> None:
 
 def lb_states(fleet: dict) -> dict[str, str]:
     stats = host(fleet, "a").ansible(
-        "uri", "url=http://127.0.0.1:8404/stats;csv return_content=true", check=False
+        "uri", f"url=http://127.0.0.1:{STATS_PORT}/stats;csv return_content=true", check=False
     )
     return {row["svname"]: row["status"] for row in server_rows(stats["content"], "model_runtime")}
 
 
 def test_fab_drain_and_enable(fleet: dict) -> None:
     drained = fab(fleet, "drain", "b")
-    assert drained.returncode == 0, drained.stderr
+    assert drained.returncode == 0, drained.stdout[-3000:] + drained.stderr
+    assert "b-1: DRAIN at a, 0 sessions" in drained.stdout
     assert lb_states(fleet)["b-1"] == "DRAIN"
-    enabled = fab(fleet, "enable", "b")
-    assert enabled.returncode == 0, enabled.stderr
-    deadline = time.monotonic() + 30
-    while lb_states(fleet)["b-1"] != "UP":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    enabled = fab(fleet, "enable", "b")  # returns once the health check passes (pool.yml waits for it)
+    assert enabled.returncode == 0, enabled.stdout[-3000:] + enabled.stderr
+    assert "b-1: UP at a" in enabled.stdout
+    assert lb_states(fleet)["b-1"] == "UP"
 
 
 def test_fab_rolling_restart(fleet: dict, hosts: TestHosts) -> None:
@@ -449,8 +451,8 @@ def test_fab_rolling_restart(fleet: dict, hosts: TestHosts) -> None:
                 for name in ("a", "b")}  # fmt: skip
 
     before = pids()
-    restarted = fab(fleet, "restart", "--rolling")
-    assert restarted.returncode == 0, restarted.stderr
+    restarted = fab(fleet, "restart", "--rolling")  # restart.yml: the rolling cycle, smoke test included
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr
     assert "a-1: restarted and ready" in restarted.stdout
     assert "b-1: restarted and ready" in restarted.stdout
     after = pids()
@@ -465,7 +467,7 @@ def test_fab_canary_upgrades_one_host(fleet: dict, hosts: TestHosts) -> None:
 
     def version(name: str) -> str:
         with hosts.network_of("a"):  # the load balancer's host: the firewall lets it in
-            client = api(hosts, hosts.hosts[name].address, 8101)
+            client = api(hosts, hosts.hosts[name].address, PORT)
             return client.completions.create(model="demo", prompt="Hi", max_tokens=1).system_fingerprint
 
     assert version("a").startswith(f"model-runtime-{fleet['next_runtime']}:")

@@ -23,8 +23,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from infra.testing import ProgramRun, run_program
-from tests.support.server import API_KEY, RuntimeProcess
+from harness.server import API_KEY, RuntimeProcess
+from tests.support.pulumi_mocks import ProgramRun, run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]

@@ -28,15 +28,15 @@ import openai
 import pytest
 import yaml
 
+from harness import REPO
+from harness.fleet import running_under
+from harness.playbooks import ensure_wheelhouse, playbook
+from harness.server import free_port
 from infra.bundle import sha256_file
-from infra.testing import run_program
 from infra.userdata import BOOT_CONFIG_PATH, BOOT_SCRIPT_PATH, bundle_name
 from model_runtime.registry.registry import Registry
-from tests.support.ansible import ensure_wheelhouse, playbook
-from tests.support.fleet import running_under
-from tests.support.models import REPO
+from tests.support.pulumi_mocks import run_program
 from tests.support.s3 import make_bucket, s3_server
-from tests.support.server import free_port
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]

@@ -21,10 +21,10 @@ import pytest
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
+from harness import REPO
 from infra.policy import rules
 from infra.policy.rules import Resource, check_resource, check_stack
-from infra.testing import run_program
-from tests.support.models import REPO
+from tests.support.pulumi_mocks import run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]

@@ -1,6 +1,6 @@
-"""`model-runtime cloud scale` and `cloud schedules` against moto's server on loopback: a launch template
-and an auto scaling group made there, the scheduled actions the program generates for the dev stack
-put on it, then the real command line."""
+"""`python -m fleet_ops cloud scale` and `cloud schedules` against moto's server on loopback: a launch
+template and an auto scaling group made there, the scheduled actions the program generates for the dev
+stack put on it, then the real command line."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 import boto3
 import pytest
 
-from infra.testing import run_program
-from model_runtime.cloud.scale import CloudError, describe_group, scale
+from fleet_ops.cloud_scale import CloudError, describe_group, scale
+from tests.support.pulumi_mocks import run_program
 from tests.support.s3 import s3_server
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
@@ -63,7 +63,7 @@ def group():
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "model_runtime", "cloud", *args],
+        [sys.executable, "-m", "fleet_ops", "cloud", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.testing import run_program
+from tests.support.pulumi_mocks import run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]

@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from harness.server import RuntimeProcess
 from model_runtime.config import ModelSettings
 from model_runtime.convert.checks import measure
-from model_runtime.demo.corpus import load_corpus
+from model_runtime.corpus import load_corpus
 from model_runtime.registry.registry import Registry
-from tests.support.server import RuntimeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ansible import ensure_wheelhouse, playbook
-from tests.support.fleet import model_copy
-from tests.support.models import REPO
-from tests.support.server import free_port
+from harness import REPO
+from harness.fleet import model_copy
+from harness.playbooks import ensure_wheelhouse, playbook, role_defaults
+from harness.server import free_port
 
 pytestmark = pytest.mark.integration
 
 LOCAL = REPO / "inventories" / "local"
 KEY = "crash-loop-test-key-5f1c"
 RETRIES = 2
+INSTANCE = f"{role_defaults('model_runtime')['model_runtime_service_name']}-1"  # supervisord's program
 
 
 def test_a_model_that_cannot_load_ends_fatal_after_its_retries(demo_model: Path, tmp_path: Path) -> None:
@@ -44,7 +45,7 @@ def test_a_model_that_cannot_load_ends_fatal_after_its_retries(demo_model: Path,
         run = playbook("deploy.yml", LOCAL, settings, "-vvv")
         status = subprocess.run(
             [prefix / "opt/model-runtime/supervisor/bin/supervisorctl",
-             "-c", prefix / "etc/model-runtime/supervisor/supervisord.conf", "status", "model-runtime-1"],
+             "-c", prefix / "etc/model-runtime/supervisor/supervisord.conf", "status", INSTANCE],
             capture_output=True, text=True, check=False,
         ).stdout  # fmt: skip
         starts = (prefix / "var/lib/model-runtime/instance-1/process-starts").read_text()

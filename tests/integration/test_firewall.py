@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ansible import PlaybookRun, playbook
-from tests.support.models import REPO
+from harness import REPO
+from harness.playbooks import PlaybookRun, playbook
 from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [

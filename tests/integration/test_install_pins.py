@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ansible import PlaybookRun, ensure_wheelhouse, playbook
-from tests.support.models import REPO
+from harness import REPO
+from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook
 
 pytestmark = pytest.mark.integration
 

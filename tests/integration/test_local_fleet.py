@@ -19,10 +19,11 @@ import httpx
 import openai
 import pytest
 
-from bench.soak import OVERLOAD_SETTINGS, report, soak
-from model_runtime.fleet.cycle import STEPS, parse_cycles
-from tests.support.fleet import KEY, LocalFleet, running_under
-from tests.support.server import engine_pid
+from fleet_ops.cycle import STEPS, parse_cycles
+from harness.fleet import KEY, LocalFleet, running_under
+from harness.playbooks import role_defaults
+from harness.server import engine_pid
+from harness.soak import OVERLOAD_SETTINGS, report, soak
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,7 @@ INSTANCES = [str(i) for i in range(1, REPLICAS + 1)]
 SERVERS = [f"localhost-{i}" for i in INSTANCES]
 ALL_UP = dict.fromkeys(SERVERS, "UP")
 SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
+SERVICE = role_defaults("model_runtime")["model_runtime_service_name"]  # instance N's program: SERVICE-N
 # A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
 STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
 RUNTIME_SETTINGS = {**OVERLOAD_SETTINGS, "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL}}
@@ -164,7 +166,7 @@ def test_driver_upgrade_plan_in_check_mode_changes_nothing(fleet: LocalFleet) ->
     run = fleet.run("driver-upgrade.yml", plan, "--check")
     assert run.returncode == 0, run.output[-3000:]
     assert "would install cuda-drivers-575" in run.output
-    assert run.output.count("TASK [model_runtime : Drain the instance at every load balancer]") == REPLICAS
+    assert run.output.count("TASK [fleet_rollout : Drain the instance at every load balancer]") == REPLICAS
     assert fleet.releases() == before
     assert fleet.server_states() == ALL_UP
 
@@ -226,7 +228,7 @@ def test_scale_down_and_up_drops_nothing(fleet: LocalFleet) -> None:
     down, traffic_down = fleet.run_under_load("scale.yml", {"replicas": 1})
     assert down.returncode == 0, down.output[-5000:]
     assert [state for _, _, state in fleet.releases().values()] == SCALED_TO_ONE
-    assert fleet.supervisorctl("status", f"model-runtime-{REPLICAS}").split()[1] == "STOPPED"
+    assert fleet.supervisorctl("status", f"{SERVICE}-{REPLICAS}").split()[1] == "STOPPED"
     up, traffic_up = fleet.run_under_load("scale.yml", {"replicas": REPLICAS})
     assert up.returncode == 0, up.output[-5000:]
     assert traffic_down.failures == []

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO
+from harness.playbooks import PlaybookRun, playbook
 from model_runtime.registry.manifest import build_manifest, write_manifest
 from model_runtime.registry.registry import Registry
-from tests.support.ansible import PlaybookRun, playbook
 from tests.support.manifests import CASES, Crafted, crafted, manifest_of, plant, source_folder
-from tests.support.models import REPO
 
 pytestmark = pytest.mark.integration
 

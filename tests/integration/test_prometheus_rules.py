@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.models import REPO
+from harness import REPO
 
 pytestmark = [
     pytest.mark.integration,

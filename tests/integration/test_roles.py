@@ -14,19 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from fleet_ops.inventory import load_fleet
+from harness import REPO
+from harness.playbooks import BIN, ensure_wheelhouse, playbook, role_defaults
+from harness.server import free_port
 from model_runtime.config import load_settings
-from tests.support.ansible import BIN, ensure_wheelhouse, playbook
-from tests.support.models import REPO
-from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 
 LOCAL = REPO / "inventories" / "local"
 # A well-formed sha256 for the CUDA repository's keyring package (check mode never fetches it).
 KEYRING = {"nvidia_driver_keyring_sha256": "0" * 64}
-ROLE_DEFAULTS = yaml.safe_load((REPO / "roles" / "model_runtime" / "defaults" / "main.yml").read_text())
+ROLE_DEFAULTS = role_defaults("model_runtime")
 
 
 def task_statuses(output: str) -> list[tuple[str, str, str]]:
@@ -200,9 +200,7 @@ def test_ansible_lint_production_profile() -> None:
 
 
 def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
-    """Fabric and doctor read the inventory through model_runtime.fleet: lookups resolve too."""
-    from model_runtime.fleet.inventory import load_fleet
-
+    """Fabric reads the inventory through fleet_ops.inventory: lookups resolve too."""
     wheelhouse = ensure_wheelhouse()
     host = load_fleet(LOCAL)["localhost"]
     assert host.vars["model_runtime_version"] == (wheelhouse / "RUNTIME_VERSION").read_text().strip()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ansible import playbook
-from tests.support.models import REPO
-from tests.support.server import API_KEY, RuntimeProcess, free_port
+from harness import REPO
+from harness.playbooks import playbook
+from harness.server import API_KEY, RuntimeProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from tests.support.models import REPO
+from harness import REPO
 
 MEMBERS = Path(os.environ.get("MODEL_RUNTIME_ENSEMBLE_MEMBERS", REPO / ".cache" / "ensemble-members"))
 COUNT = 3

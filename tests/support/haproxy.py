@@ -1,22 +1,25 @@
 """A real HAProxy in front of runtime servers on this machine, stopped by whoever started it: the retry
 policy of the loadbalancer role's own template (so that a test holds the role to what it promises), and
-optionally HAProxy's Prometheus exporter on a stats listener, served the way the template serves it."""
+optionally HAProxy's Prometheus exporter on a stats listener, served the way the template serves it.
+Also a bare HAProxy with its runtime API open, for the tests of the runtime API client."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-import httpx
 import jinja2
 import pytest
 import yaml
 
-from tests.support.models import REPO
-from tests.support.server import free_port
+from harness import REPO
+from harness.server import free_port
+from module_utils.readiness import NotReady, ready_url, wait_ready
 
 ROLE = REPO / "roles" / "loadbalancer"
 TEMPLATE = ROLE / "templates" / "haproxy.cfg.j2"
@@ -68,17 +71,16 @@ class HAProxy:
         self.process = subprocess.Popen(
             [haproxy, "-f", str(self.config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"haproxy did not come up in front of {self.servers}")
-            time.sleep(0.1)
+        try:
+            wait_ready(ready_url(self.url), timeout, between=self._still_running, poll_s=0.1)
+        except (NotReady, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"haproxy did not come up in front of {self.servers}: {exc}") from exc
+        return self
+
+    def _still_running(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"haproxy exited with {self.process.returncode}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -92,3 +94,26 @@ class HAProxy:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def runtime_api(workdir: Path, proxies: str) -> Iterator[Path]:
+    """HAProxy running `proxies` (its frontend/backend sections) with the runtime API on an admin socket,
+    as the loadbalancer role opens it; yields the socket's path once it answers."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it)")
+    sock = workdir / "admin.sock"
+    config = workdir / "haproxy-api.cfg"
+    config.write_text(f"global\n  stats socket {sock} mode 600 level admin\n{proxies}")
+    process = subprocess.Popen([haproxy, "-db", "-f", str(config)])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert process.poll() is None, "HAProxy exited"
+            assert time.monotonic() < deadline, "HAProxy did not open its runtime API"
+            time.sleep(0.05)
+        yield sock
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import boto3
 from moto.server import ThreadedMotoServer
 
-from tests.support.server import free_port
+from harness.server import free_port
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from harness.server import free_port
 from model_runtime import __version__
 from model_runtime.cli import main
 from model_runtime.config import Settings
@@ -30,7 +31,6 @@ from model_runtime.doctor import (
     report_from_output,
 )
 from model_runtime.registry.manifest import build_manifest, write_manifest
-from tests.support.server import free_port
 
 pytestmark = pytest.mark.unit
 

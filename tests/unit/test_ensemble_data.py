@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from model_runtime.demo.corpus import load_corpus
+from model_runtime.corpus import load_corpus
 from model_runtime.ensemble.data import (
     EvaluationError,
     halves,

@@ -1,27 +1,34 @@
 """The ensemble engine gives, for every sequence of a batch that changes as sequences join and leave,
 the combination of its members' distributions computed by hand from plain full forward passes; a routed
-sequence gets its member's own distribution; members with another tokenizer are refused at load."""
+sequence gets its member's own distribution (through the scheduler too, as a vote's sequences are); members
+with another tokenizer are refused at load."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model_runtime.config import ModelSettings, RegistrySettings
+from model_runtime.config import ModelSettings, RegistrySettings, SchedulerSettings
+from model_runtime.corpus import load_corpus
 from model_runtime.demo.build import train_tokenizer
-from model_runtime.demo.corpus import load_corpus
-from model_runtime.engine.base import ModelLoadError, RoutableEngine
+from model_runtime.engine.base import Engine, ModelLoadError, RoutableEngine
 from model_runtime.engine.factory import load_engine
 from model_runtime.ensemble.combine import Stacker
 from model_runtime.ensemble.engine import EnsembleEngine
+from model_runtime.ensemble.plugin import ENSEMBLES
 from model_runtime.ensemble.spec import SPEC_FILE, STACKER_FILE
 from model_runtime.registry.registry import Registry
+from model_runtime.scheduler.core import Scheduler
+from model_runtime.scheduler.events import Event, deliver_here
+from model_runtime.scheduler.params import SamplingParams
 from tests.support.ensembles import (
     member_folders,
     member_logprobs,
@@ -33,6 +40,7 @@ pytestmark = pytest.mark.unit
 
 PROMPTS = ["This License", "You may copy and distribute verbatim copies", "The Program"]
 ATOL = 3e-4  # the engine's cached attention against a full forward pass (see test_engine.py)
+LOADERS = ENSEMBLES.engine_loaders()  # the engine table as `model-runtime serve` has it
 
 one_thread = pytest.fixture(autouse=True, scope="module")(single_threaded)
 
@@ -101,7 +109,7 @@ def drive_and_compare(
 
 
 def test_average_of_probabilities_across_a_changing_batch(members: Path, models: list) -> None:
-    engine = load_engine(ModelSettings(path=str(members)), max_batch=4)
+    engine = load_engine(ModelSettings(path=str(members)), max_batch=4, loaders=LOADERS)
     assert isinstance(engine, EnsembleEngine)
     assert isinstance(engine, RoutableEngine)
     assert engine.member_names == ("member-0", "member-1", "member-2")
@@ -116,7 +124,9 @@ def test_average_of_log_probabilities(members: Path, models: list, tmp_path: Pat
     def geometric(logprobs: list[torch.Tensor]) -> torch.Tensor:
         return torch.log_softmax(0.5 * logprobs[0] + 0.25 * logprobs[1] + 0.25 * logprobs[2], -1)
 
-    drive_and_compare(load_engine(ModelSettings(path=str(folder)), max_batch=4), models, geometric)
+    drive_and_compare(
+        load_engine(ModelSettings(path=str(folder)), max_batch=4, loaders=LOADERS), models, geometric
+    )
 
 
 def test_stack_applies_its_gate_per_token(members: Path, models: list, tmp_path: Path) -> None:
@@ -133,7 +143,9 @@ def test_stack_applies_its_gate_per_token(members: Path, models: list, tmp_path:
         weights = torch.softmax(stacker.weight @ x + stacker.bias, -1)
         return torch.log(sum(w * lp.exp() for w, lp in zip(weights, logprobs, strict=True)))
 
-    drive_and_compare(load_engine(ModelSettings(path=str(folder)), max_batch=4), models, gated)
+    drive_and_compare(
+        load_engine(ModelSettings(path=str(folder)), max_batch=4, loaders=LOADERS), models, gated
+    )
 
 
 def member_with_tokenizer(members: Path, out: Path, change: Callable) -> Path:
@@ -168,7 +180,7 @@ def test_a_member_with_another_tokenizer_is_refused(
     (folder / "member-1").unlink()
     member_with_tokenizer(members, folder / "member-1", change)
     with pytest.raises(ModelLoadError, match="ensemble members must share one tokenizer") as refused:
-        load_engine(ModelSettings(path=str(folder)), max_batch=2)
+        load_engine(ModelSettings(path=str(folder)), max_batch=2, loaders=LOADERS)
     assert refused.match(message)
 
 
@@ -181,19 +193,19 @@ def test_members_from_the_registry(members: Path, tmp_path: Path) -> None:
         member["source"] = f"registry:{member['name']}:{version}"
     (folder / SPEC_FILE).write_text(json.dumps(spec))
     settings = RegistrySettings(url=str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
-    engine = load_engine(ModelSettings(path=str(folder)), max_batch=2, registry=settings)
+    engine = load_engine(ModelSettings(path=str(folder)), max_batch=2, registry=settings, loaders=LOADERS)
     assert engine.member_names == ("member-0", "member-1", "member-2")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["member-0", "member-1", "member-2"]
     with pytest.raises(
         ModelLoadError, match=r"member member-0 is registry:member-0:.*registry.url is not set"
     ):
-        load_engine(ModelSettings(path=str(folder)), max_batch=2)
+        load_engine(ModelSettings(path=str(folder)), max_batch=2, loaders=LOADERS)
     spec["members"][2]["source"] = "registry:member-2:20200101-000000.000000-000000"
     (folder / SPEC_FILE).write_text(json.dumps(spec))
     with pytest.raises(
         ModelLoadError, match=r"member member-2 \(registry:member-2:20200101.*no such version"
     ):
-        load_engine(ModelSettings(path=str(folder)), max_batch=2, registry=settings)
+        load_engine(ModelSettings(path=str(folder)), max_batch=2, registry=settings, loaders=LOADERS)
 
 
 def test_an_ensemble_is_no_member(members: Path, tmp_path: Path) -> None:
@@ -201,4 +213,52 @@ def test_an_ensemble_is_no_member(members: Path, tmp_path: Path) -> None:
     (folder / "member-2").unlink()
     (folder / "member-2").symlink_to(members)  # the members folder is itself an ensemble
     with pytest.raises(ModelLoadError, match="member member-2: an ensemble cannot be a member of another"):
-        load_engine(ModelSettings(path=str(folder)), max_batch=2)
+        load_engine(ModelSettings(path=str(folder)), max_batch=2, loaders=LOADERS)
+
+
+def test_only_a_process_given_the_plugin_loads_an_ensemble(members: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no engine for the ensemble format"):
+        load_engine(ModelSettings(path=str(members)), max_batch=1)
+
+
+def answers(engine: Engine, prompt: list[int], params: list[SamplingParams]) -> list[str]:
+    """Each choice's text, generated by a scheduler over engine."""
+    texts = [""] * len(params)
+    errors: list[Exception] = []
+    open_choices = [len(params)]
+    done = threading.Event()
+
+    class Sink:
+        def deliver(self, events: list[Event]) -> None:
+            for event in events:
+                texts[event.index] += event.text
+                errors.extend([event.error] if event.error else [])
+                if event.final:
+                    open_choices[0] -= 1
+            if open_choices[0] == 0:
+                done.set()
+
+    scheduler = Scheduler(engine, SchedulerSettings(max_batch_size=4), deliver_here)
+    scheduler.start()
+    try:
+        scheduler.submit(prompt, params, Sink())
+        assert done.wait(300), "the choices never finished"
+    finally:
+        scheduler.stop()
+    assert not errors
+    return texts
+
+
+def test_the_scheduler_runs_a_routed_sequence_on_its_member_alone(members: Path) -> None:
+    """A vote's sequences (one per member, each with SamplingParams.route) through the scheduler: each
+    answer is the one its member writes alone."""
+    ensemble = load_engine(ModelSettings(path=str(members)), max_batch=4, loaders=LOADERS)
+    prompt = ensemble.tokenizer(PROMPTS[1])["input_ids"]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    routed = answers(ensemble, prompt, [replace(params, route=m) for m in range(3)])
+    alone = [
+        answers(load_engine(ModelSettings(path=str(folder)), max_batch=1), prompt, [params])[0]
+        for folder in member_folders(members)
+    ]
+    assert routed == alone
+    assert len(set(alone)) > 1  # the members differ: each answer is its own member's

@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from model_runtime.cli import build_parser
+from model_runtime.corpus import Corpus, load_corpus
 from model_runtime.demo.build import Recipe, training_examples
-from model_runtime.demo.corpus import Corpus, load_corpus
 from model_runtime.demo.members import (
     MEMBERS_RECORD,
     boosted_weights,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_runtime.fleet.cycle import cycle_line, parse_cycles
+from fleet_ops.cycle import cycle_line, parse_cycles
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +28,7 @@ def test_each_step_lasts_until_the_next_begins() -> None:
 def test_lines_parse_back_from_a_run_output() -> None:
     output = "\n".join(
         [
-            "TASK [model_runtime : Show the cycle, step by step]",
+            "TASK [fleet_rollout : Show the cycle, step by step]",
             '    "msg": "' + cycle_line({"drain": 0.0, "stop": 2.0}, "a-1", 3.0) + '"',
             '    "msg": "' + cycle_line({"drain": 0.0, "ready": 4.0}, "b-2", 9.0) + '"',
         ]

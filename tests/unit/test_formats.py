@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from model_runtime.config import ModelSettings
 from model_runtime.convert.convert import convert
-from model_runtime.demo.corpus import load_corpus
+from model_runtime.corpus import load_corpus
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.engine.factory import load_engine
 from model_runtime.engine.loading import detect_format

@@ -1,4 +1,4 @@
-"""The boot script's own steps (model_runtime/cloud/boot.py), one at a time: the bundle's unpacking
+"""The boot script's own steps (infra/boot.py), one at a time: the bundle's unpacking
 refuses what could write outside it, the API keys are read and parsed without ever being printed, a
 failure is recorded. AWS is moto's in-process mock; the whole boot runs in test_cloud_boot.py."""
 
@@ -13,8 +13,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from model_runtime.cloud import boot
-from model_runtime.cloud.boot import Boot, BootError, safe_extract
+from infra import boot
+from infra.boot import Boot, BootError, safe_extract
 
 pytestmark = pytest.mark.unit
 

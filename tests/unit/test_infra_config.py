@@ -8,8 +8,9 @@ from typing import Any
 import pulumi
 import pytest
 
-from infra.config import ConfigError
-from infra.testing import run_program
+import model_runtime
+from infra.config.errors import ConfigError
+from tests.support.pulumi_mocks import run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]
@@ -143,4 +144,5 @@ def test_a_config_error_ends_pulumi_cleanly() -> None:
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_the_example_stacks_are_valid(stack: str) -> None:
     run = run_program(stack)
-    assert run.outputs["runtimeVersion"] == "0.1.0"
+    # The examples pin this repository's release: the bundle infra/bundle.py builds from it.
+    assert run.outputs["runtimeVersion"] == model_runtime.__version__

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from infra.facts import RUNTIME_PORT
 from infra.policy import rules
 from infra.policy.pack import resource_validator, stack_validator
 from infra.policy.rules import Resource, check_resource, check_stack
-from infra.testing import ProgramRun, run_program
+from tests.support.pulumi_mocks import ProgramRun, run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]
@@ -85,7 +86,7 @@ def test_a_world_open_runtime_port_is_refused() -> None:
         resources,
         "no-world-open-admin-or-runtime-port",
         "endpoint-instances-from-lb",
-        "port 8101 (the runtime)",
+        f"port {RUNTIME_PORT} (the runtime)",
     )
 
 
@@ -166,8 +167,8 @@ def test_a_list_of_networks_covering_the_internet_is_refused() -> None:
             "ingress": [
                 {
                     "protocol": "tcp",
-                    "fromPort": 8101,
-                    "toPort": 8101,
+                    "fromPort": RUNTIME_PORT,
+                    "toPort": RUNTIME_PORT,
                     "cidrBlocks": ["0.0.0.0/1", "128.0.0.0/1"],
                     "ipv6CidrBlocks": ["0::/1", "8000::/1"],
                 }
@@ -181,7 +182,7 @@ def test_a_list_of_networks_covering_the_internet_is_refused() -> None:
         "ingress from 0::/1",
         "ingress from 8000::/1",
     ]
-    assert "0::/1 (::/1, holds public addresses) to port 8101 (the runtime)" in found[2].message
+    assert f"0::/1 (::/1, holds public addresses) to port {RUNTIME_PORT} (the runtime)" in found[2].message
     older = Resource(
         rules.SECURITY_GROUP_RULE,
         "older",

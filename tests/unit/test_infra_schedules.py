@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.facts import REPO
 from infra.schedules import Schedule, ScheduleError, load_schedules, scale_actions
-from tests.support.models import REPO
 
 pytestmark = pytest.mark.unit
 

@@ -12,10 +12,10 @@ from functools import cache
 import pytest
 import yaml
 
+from infra.facts import REPO, RUNTIME_PORT
 from infra.policy.rules import check_stack
-from infra.testing import LOOKED_UP_AMI, ProgramRun, run_program
 from infra.userdata import BOOT_CONFIG_PATH, BOOT_SCRIPT_PATH, USER_DATA_LIMIT
-from tests.support.models import REPO
+from tests.support.pulumi_mocks import LOOKED_UP_AMI, ProgramRun, run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws")]
@@ -195,12 +195,12 @@ def test_the_user_data_boots_with_the_roles_and_holds_no_secret(stack: str) -> N
     assert document["packages"] == ["python3-boto3", "python3-venv"]
     assert document["runcmd"] == [["/usr/bin/python3", BOOT_SCRIPT_PATH, BOOT_CONFIG_PATH]]
     files = written(run)
-    assert files[BOOT_SCRIPT_PATH] == (REPO / "model_runtime/cloud/boot.py").read_bytes()
+    assert files[BOOT_SCRIPT_PATH] == (REPO / "infra/boot.py").read_bytes()
     config = json.loads(files[BOOT_CONFIG_PATH])
     assert config["api_keys"] == f"ssm:/model-runtime/{stack}/api-keys"
     assert config["bucket"] == run.outputs["bucketName"]
     assert config["vars"]["model_artifacts_registry"] == run.outputs["registryUrl"]
-    assert config["vars"]["model_runtime_base_port"] == 8101
+    assert config["vars"]["model_runtime_base_port"] == RUNTIME_PORT
     assert "model_runtime_api_keys" not in config["vars"]
     assert {e["path"]: e["permissions"] for e in document["write_files"]}[BOOT_CONFIG_PATH] == "0600"
 
@@ -245,14 +245,19 @@ def test_instances_accept_the_runtime_port_from_the_load_balancer_only() -> None
     ingress = [r.inputs for r in run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
     to_instances = [r for r in ingress if r["securityGroupId"] == instance_sg]
     assert to_instances == [
-        {**to_instances[0], "referencedSecurityGroupId": lb_sg, "fromPort": 8101, "toPort": 8101}
+        {
+            **to_instances[0],
+            "referencedSecurityGroupId": lb_sg,
+            "fromPort": RUNTIME_PORT,
+            "toPort": RUNTIME_PORT,
+        }
     ]
     assert "cidrIpv4" not in to_instances[0]
     to_lb = sorted((r["fromPort"], r.get("cidrIpv4")) for r in ingress if r["securityGroupId"] == lb_sg)
     assert to_lb == [(80, "0.0.0.0/0"), (443, "0.0.0.0/0")]
     target_group = run.one("aws:lb/targetGroup:TargetGroup").inputs
     assert target_group["healthCheck"]["path"] == "/health/ready"
-    assert target_group["port"] == 8101
+    assert target_group["port"] == RUNTIME_PORT
 
 
 LISTENER = "aws:lb/listener:Listener"

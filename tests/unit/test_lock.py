@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.support.models import REPO
+from harness import REPO
 
 pytestmark = pytest.mark.unit
 

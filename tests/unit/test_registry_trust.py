@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.ensemble.spec import make_spec
 from model_runtime.registry.manifest import ManifestError, build_manifest, verify_folder
@@ -23,7 +24,6 @@ from model_runtime.registry.trust import (
     split_ref,
 )
 from tests.support.manifests import manifest_of
-from tests.support.models import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -199,7 +199,7 @@ def test_the_boot_script_checks_the_model_reference_with_the_bundles_rules(
     }
     script = (
         "import json, sys\n"
-        f"sys.path.insert(0, {str(REPO / 'model_runtime' / 'cloud')!r})\n"
+        f"sys.path.insert(0, {str(REPO / 'infra')!r})\n"
         "import boot\n"
         "try:\n"
         "    ref = boot.Boot(json.loads(sys.argv[1])).check_model_ref(boot.Path(sys.argv[2]))\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.models import REPO
+from harness import REPO
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,81 @@
+"""The fleet status table: what each instance runs, from the hosts' release records, marked where it
+differs from the release the inventory wants. Rendered the same for `playbooks/status.yml` (through
+the filter plugin in filter_plugins/) and for `fab status`, which adds what the load balancers say of
+each instance (read with module_utils/haproxy_runtime.py, the runtime API client)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+COLUMNS = ("host", "instance", "runtime", "model", "since", "run", "state", "")
+# Each load balancer's view of its backend: balancer -> server -> {"status": "UP", "sessions": 0}.
+Pools = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def pool_status(server: str, pools: Pools) -> str:
+    """What the load balancers say of a server: one status where they agree, each one's otherwise."""
+    seen = {balancer: (pool.get(server) or {}).get("status", "absent") for balancer, pool in pools.items()}
+    if len(set(seen.values())) == 1:
+        return next(iter(seen.values()))
+    return ", ".join(f"{balancer} {status}" for balancer, status in sorted(seen.items())) or "-"
+
+
+def rows(
+    records: Mapping[str, Mapping[str, Any]], desired: Mapping[str, Any], pools: Pools | None = None
+) -> list[dict[str, Any]]:
+    """One row per instance: records maps host -> release record (or {} when the host has none); with
+    the load balancers' pools, each row says what they make of the instance ("balancers")."""
+    table = []
+    for host in sorted(records):
+        record = records[host] or {}
+        instances = record.get("instances") or {}
+        if not instances:
+            table.append({"host": host, "instance": "-", "differs": True, "state": "no record"})
+            continue
+        for instance in sorted(instances, key=int):
+            entry = instances[instance]
+            differs = any(
+                desired.get(key) not in (None, "", entry.get(key))
+                for key in ("runtime_version", "model", "model_version")
+            )
+            table.append({"host": host, "instance": instance, **entry, "differs": differs})
+    if pools is not None:
+        for row in table:
+            row["balancers"] = pool_status(f"{row['host']}-{row['instance']}", pools)
+    return table
+
+
+def render(
+    records: Mapping[str, Mapping[str, Any]],
+    desired: Mapping[str, Any],
+    as_json: bool = False,
+    pools: Pools | None = None,
+) -> str:
+    table = rows(records, desired, pools)
+    if as_json:
+        return json.dumps({"desired": dict(desired), "instances": table}, indent=2, sort_keys=True)
+    lines = [
+        [
+            row["host"],
+            str(row["instance"]),
+            row.get("runtime_version", "-"),
+            f"{row.get('model', '-')}@{row.get('model_version', '-')}",
+            row.get("since", "-"),
+            row.get("run", "-"),
+            row.get("state", "-"),
+            *([row["balancers"]] if pools is not None else []),
+            "DIFFERS" if row["differs"] else "",
+        ]
+        for row in table
+    ]
+    columns = (*COLUMNS[:-1], "balancers", COLUMNS[-1]) if pools is not None else COLUMNS
+    widths = [max(len(str(c)) for c in column) for column in zip(columns, *lines, strict=False)]
+    out = ["  ".join(h.upper().ljust(w) for h, w in zip(columns, widths, strict=True)).rstrip()]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    runtime, model = desired.get("runtime_version") or "-", desired.get("model") or "-"
+    wanted = f"{runtime} serving {model}@{desired.get('model_version') or 'any'}"
+    differing = sum(1 for row in table if row["differs"])
+    out.append(f"desired: {wanted}; {differing} of {len(table)} instances differ")
+    return "\n".join(out)

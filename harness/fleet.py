@@ -1,0 +1,184 @@
+"""The embedded default fleet (inventories/local) under a prefix of its own, on free ports, with a
+second runtime release and model versions to roll to: shared by the local fleet tests, bench/upgrade.py
+and bench/soak.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from harness import REPO
+from harness.load import Load, completions
+from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
+from harness.server import free_port
+from module_utils.haproxy_runtime import server_rows
+
+LOCAL = REPO / "inventories" / "local"
+KEY = "local-fleet-test-key"
+# What HAProxy says of the last health check of a server (columns of its stats CSV).
+CHECK_COLUMNS = ("check_status", "check_code", "last_chk")
+# During playbook runs each load client waits this long between two requests (about 10 requests a
+# second from 4 clients): steady traffic that leaves a 2-core runner room for the playbook and the
+# restarting replicas, as a production fleet's spare capacity would, rather than a saturation.
+LOAD_PAUSE_S = 0.25
+
+
+def consecutive_free_ports(count: int) -> int:
+    while True:
+        base = free_port()
+        if base + count < 65535 and all(_is_free(base + i) for i in range(1, count)):
+            return base
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def running_under(prefix: Path) -> list[str]:
+    listing = subprocess.run(
+        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in listing.splitlines() if str(prefix) in line and " Z" not in line]
+
+
+def model_copy(source: Path, target: Path, version: str, break_weights: bool = False) -> Path:
+    """The demo model as another version (optionally with weights that cannot load, yet a consistent
+    manifest: the kind of release that installs fine and never becomes ready)."""
+    shutil.copytree(source, target)
+    (target / "manifest.json").unlink()
+    if break_weights:
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    subprocess.run(
+        [sys.executable, "-m", "model_runtime", "manifest", str(target), "--name", "demo",
+         "--version", version],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+@dataclass
+class LocalFleet:
+    """A fleet of `instances` replicas behind HAProxy on this machine, everything under root."""
+
+    root: Path
+    demo_model: Path
+    instances: int = 3
+    runtime_settings: dict | None = None  # model_runtime_settings (the runtime's own settings)
+
+    def __post_init__(self) -> None:
+        wheelhouse = ensure_wheelhouse()
+        self.prefix = self.root / "fs"
+        newer, self.new_runtime = release_wheelhouse(self.root / "wheelhouse-next", "next")
+        ports = consecutive_free_ports(2 * self.instances)  # the API ports, then the internal listeners'
+        self.settings = {
+            "fleet_prefix": str(self.prefix),
+            "model_runtime_instances": self.instances,
+            "model_runtime_base_port": ports,
+            "model_runtime_metrics_base_port": ports + self.instances,
+            "loadbalancer_port": free_port(),
+            "loadbalancer_stats_port": free_port(),
+            "model_runtime_api_keys": [KEY],
+            "model_runtime_ready_timeout_s": 180,
+            "model_runtime_pip_args": f"--no-index --find-links {wheelhouse} --find-links {newer}",
+        }
+        if self.runtime_settings:
+            self.settings["model_runtime_settings"] = self.runtime_settings
+        self.old_runtime = (wheelhouse / "RUNTIME_VERSION").read_text().strip()
+        self.old_model = json.loads((self.demo_model / "manifest.json").read_text())["version"]
+
+    def model_version(self, version: str, break_weights: bool = False) -> Path:
+        return model_copy(self.demo_model, self.root / f"demo-{version}", version, break_weights)
+
+    def run(
+        self, name: str, extra: dict | None = None, *args: str, env: dict[str, str] | None = None
+    ) -> PlaybookRun:
+        return playbook(name, LOCAL, {**self.settings, **(extra or {})}, *args, env=env)
+
+    @property
+    def url(self) -> str:
+        """HAProxy terminates TLS with the certificate of the fleet's own CA (loadbalancer role)."""
+        return f"https://127.0.0.1:{self.settings['loadbalancer_port']}"
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts the fleet's CA and nothing else."""
+        return ssl.create_default_context(cafile=self.prefix / "etc/haproxy/tls/ca.pem")
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.tls())
+
+    def load(self, clients: int = 4, pause_s: float = 0.0) -> Load:
+        """Completions through HAProxy, plain and streamed in turn, until stopped (a context manager)."""
+        return Load(self.url, completions("demo"), clients, KEY, self.tls(), pause_s)
+
+    def replica_pids(self) -> dict[str, int]:
+        """Each instance's server process (supervisord's program), by instance name."""
+        pids = {}
+        for i in range(1, self.instances + 1):
+            pid = self.supervisorctl("pid", f"model-runtime-{i}")
+            if pid.isdigit() and pid != "0":
+                pids[f"localhost-{i}"] = int(pid)
+        return pids
+
+    def replica_readiness(self, instance: int) -> str | None:
+        """The instance's own /health/ready status ("ready", "stalled", ...), asked directly (not through
+        HAProxy); None when it does not answer."""
+        port = self.settings["model_runtime_base_port"] + instance - 1
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()["status"]
+        except httpx.HTTPError:
+            return None
+
+    def replica_ready(self, instance: int) -> bool:
+        return self.replica_readiness(instance) == "ready"
+
+    def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, Load]:
+        """A playbook run with constant client load through HAProxy before, during and after it."""
+        with self.load(pause_s=LOAD_PAUSE_S) as traffic:
+            traffic.wait_for(20)
+            run = self.run(name, extra)
+            traffic.wait_for(len(traffic.outcomes) + 20)
+        return run, traffic
+
+    def record(self) -> dict:
+        return json.loads((self.prefix / "etc/ansible/facts.d/model_runtime.fact").read_text())
+
+    def releases(self) -> dict[str, tuple[str, str, str]]:
+        return {
+            i: (e["runtime_version"], e["model_version"], e["state"])
+            for i, e in self.record()["instances"].items()
+        }
+
+    def server_states(self) -> dict[str, str]:
+        """HAProxy's view: server name -> UP / DRAIN / MAINT / DOWN. A server between states reads
+        "UP 1/2" (one check failed, still in rotation) or "DOWN 1/2": only the state itself counts."""
+        return {name: status.split()[0] for name, (status, _) in self.server_checks().items()}
+
+    def server_checks(self) -> dict[str, tuple[str, str]]:
+        """Server name -> (HAProxy's status with its transition count, the last check's result)."""
+        csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
+        return {
+            row["svname"]: (row["status"], " ".join(row[k] for k in CHECK_COLUMNS))
+            for row in server_rows(csv, "model_runtime")
+        }
+
+    def supervisorctl(self, *args: str) -> str:
+        command = [str(self.prefix / "opt/model-runtime/supervisor/bin/supervisorctl"), "-c",
+                   str(self.prefix / "etc/model-runtime/supervisor/supervisord.conf"), *args]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    def stop(self) -> PlaybookRun:
+        return self.run("stop.yml")

@@ -1,0 +1,87 @@
+"""Running the real ansible-playbook (from tests and benchmarks), and reading its recap; the fleet's
+wheelhouses it installs from."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    """A role's defaults/main.yml as written (templates unresolved): the one definition of its ports,
+    names and paths, which tests read rather than repeat."""
+    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """host -> {"ok": .., "changed": .., "failed": .., ...} from the PLAY RECAP."""
+        hosts: dict[str, dict[str, int]] = {}
+        for line in self.output.split("PLAY RECAP", 1)[-1].splitlines():
+            match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+            if match:
+                hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+        return hosts
+
+    def changed(self) -> int:
+        return sum(h.get("changed", 0) for h in self.recap().values())
+
+
+def playbook(
+    name: str | Path,
+    inventory: Path,
+    extra_vars: dict | None = None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 1200,
+) -> PlaybookRun:
+    # A name is one of playbooks/; a test's own playbook is given by its path.
+    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name), *args]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
+    environment = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        **(env or {}),
+    }
+    done = subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return PlaybookRun(done.returncode, done.stdout + done.stderr)
+
+
+def ensure_wheelhouse() -> Path:
+    """The fleet's offline wheelhouse (scripts/wheelhouse.py; quick when up to date)."""
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "wheelhouse.py")], check=True, stdout=subprocess.DEVNULL
+    )
+    return REPO / ".cache" / "wheelhouse"
+
+
+def release_wheelhouse(target: Path, label: str) -> tuple[Path, str]:
+    """A second runtime release to roll to: only its wheel, labelled `label` (its dependencies are in
+    the fleet's wheelhouse). Returns the folder and the release's version."""
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "wheelhouse.py"), str(target), "--version-label", label,
+         "--runtime-only"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    target.chmod(0o755)  # the test hosts' users read it too
+    return target, (target / "RUNTIME_VERSION").read_text().strip()

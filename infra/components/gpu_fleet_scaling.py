@@ -1,0 +1,48 @@
+"""What moves the GPU group's desired capacity: target tracking on the load balancer's requests per
+instance, and the schedule file's scale runs as scheduled actions."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.schedules import Schedule
+
+
+def track_requests_per_instance(
+    name: str,
+    group: aws.autoscaling.Group,
+    request_count_label: pulumi.Input[str],
+    target: int,
+    opts: pulumi.ResourceOptions,
+) -> aws.autoscaling.Policy:
+    return aws.autoscaling.Policy(
+        f"{name}-requests-per-instance",
+        autoscaling_group_name=group.name,
+        policy_type="TargetTrackingScaling",
+        target_tracking_configuration={
+            "predefined_metric_specification": {
+                "predefined_metric_type": "ALBRequestCountPerTarget",
+                "resource_label": request_count_label,
+            },
+            "target_value": float(target),
+        },
+        opts=opts,
+    )
+
+
+def scheduled_scale_run(
+    name: str, group: aws.autoscaling.Group, schedule: Schedule, opts: pulumi.ResourceOptions
+) -> aws.autoscaling.Schedule:
+    return aws.autoscaling.Schedule(
+        f"{name}-{schedule.name}",
+        autoscaling_group_name=group.name,
+        scheduled_action_name=schedule.name,
+        recurrence=schedule.cron,
+        time_zone="Etc/UTC",
+        desired_capacity=schedule.replicas,
+        # -1: leave the bounds as the stack sets them (the provider's default would set them to 0).
+        min_size=-1,
+        max_size=-1,
+        opts=opts,
+    )

@@ -1,1 +1,0 @@
-"""The fleet as operators see it: release records and the status table (playbooks and Fabric)."""

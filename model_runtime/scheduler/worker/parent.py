@@ -1,0 +1,293 @@
+"""The HTTP process's side of the engine process: EngineProcess, which stands for the Scheduler of an
+engine running in a child process (same submit, cancel, load and stop), watches it for stalls, and ends
+what was in flight when it dies."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from model_runtime.engine.base import EngineInfo, ModelLoadError
+from model_runtime.scheduler.events import (
+    Dispatch,
+    EngineError,
+    EngineStalled,
+    Event,
+    Handle,
+    QueueFull,
+    SchedulerClosed,
+    Sink,
+)
+from model_runtime.scheduler.params import SamplingParams
+from model_runtime.scheduler.worker.child import worker_main
+from model_runtime.scheduler.worker.messages import (
+    Cancel,
+    Failed,
+    Step,
+    Stop,
+    Stopped,
+    Submit,
+    ToEngine,
+    WorkerSpec,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StepObserver:
+    """Metrics that the HTTP process takes from each step (see server.metrics.ModelMetrics)."""
+
+    def observe_step(self, waiting: int, running: int) -> None: ...
+    def observe_first_token(self, seconds: float) -> None: ...
+    def observe_inter_token(self, seconds: float) -> None: ...
+    def count_tokens(self, prompt: int, generated: int) -> None: ...
+
+
+class _Request:
+    """A request in flight, as the HTTP process tracks it: for metrics and for failing it cleanly."""
+
+    __slots__ = ("arrival", "choices", "finished", "last", "sink", "tokens")
+
+    def __init__(self, sink: Sink, choices: int) -> None:
+        self.sink = sink
+        self.choices = choices
+        self.finished: set[int] = set()
+        self.arrival = time.monotonic()
+        self.last: dict[int, float] = {}
+        self.tokens: dict[int, int] = {}
+
+
+class EngineProcess:
+    """Stands for the Scheduler of an engine running in a child process: same submit/cancel/stop."""
+
+    def __init__(self, spec: WorkerSpec, observer: StepObserver | None = None) -> None:
+        self.spec = spec
+        self.observer = observer or StepObserver()
+        context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads or locks
+        self._commands_out, commands_in = context.Pipe(duplex=False)[::-1]
+        events_in, self._events_out = context.Pipe(duplex=False)
+        self._events_in = events_in
+        self._process = context.Process(
+            target=worker_main, args=(spec, commands_in, self._events_out), name=f"engine-{spec.model.name}"
+        )
+        self._commands_in = commands_in
+        self._keys = itertools.count()
+        self._requests: dict[int, _Request] = {}
+        self._lock = threading.Lock()
+        self._outstanding = 0  # sequences submitted and not finished: the queue bound's measure
+        self._preparing = 0  # requests being prepared for this engine (tokenizing), not yet submitted
+        self._load = (0, 0)
+        self._step_seconds = 0.05
+        # The last step, or the moment work arrived at an idle engine: what a stall is measured from.
+        self._last_step = time.monotonic()
+        self._stall: EngineStalled | None = None  # set when the watch ended a stalled engine
+        self._dispatch: Dispatch | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()  # stop() was asked: the process ending is no surprise
+        self._stopped = threading.Event()
+        self.info: EngineInfo | None = None
+        # Called (with the reason) if the engine process dies unasked.
+        self.on_death: Callable[[str], None] | None = None
+
+    def start(self, dispatch: Dispatch, timeout: float = 900.0) -> EngineInfo:
+        """Spawn, load and warm the engine; raise ModelLoadError (with the worker's reason) on failure."""
+        self._dispatch = dispatch
+        self._process.start()
+        # The child holds these ends now; closing ours makes EOF on the events pipe mean "it died".
+        self._events_out.close()
+        self._commands_in.close()
+        if not self._events_in.poll(timeout):
+            self._kill()
+            raise ModelLoadError(f"the engine did not start within {timeout:.0f}s")
+        try:
+            message = self._events_in.recv()
+        except EOFError:
+            self._process.join(5)
+            raise ModelLoadError(f"the engine process exited with code {self._process.exitcode}") from None
+        if isinstance(message, Failed):
+            self._process.join(10)
+            raise ModelLoadError(message.reason)
+        self.info = message.info
+        self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._watch, name="engine-watch", daemon=True).start()
+        return self.info
+
+    # --- the Scheduler surface ---------------------------------------------------------------------------
+    def submit(self, prompt: Sequence[int], params: Sequence[SamplingParams], sink: Sink) -> Handle:
+        settings = self.spec.scheduler
+        with self._lock:
+            if self._stopped.is_set():
+                raise SchedulerClosed()
+            # Same bound as the in-process scheduler: waiting beyond the free slots <= max_queue.
+            if self._outstanding + len(params) > settings.max_batch_size + settings.max_queue:
+                raise QueueFull(self.retry_after())
+            key = next(self._keys)
+            self._requests[key] = _Request(sink, len(params))
+            if self._outstanding == 0:
+                # An idle engine has no step to show: progress is due from now. (This also keeps the
+                # idle time out of the step time that Retry-After is estimated from.)
+                self._last_step = time.monotonic()
+            self._outstanding += len(params)
+        self.observer.count_tokens(len(prompt), 0)
+        self._send(Submit(key, list(prompt), list(params)))
+        return Handle((key,))
+
+    def cancel(self, handle: Handle) -> None:
+        self._send(Cancel(handle.seq_ids[0]))
+
+    def _send(self, message: ToEngine) -> None:
+        with self._send_lock:
+            if self._stopped.is_set():
+                return
+            # An OSError means the engine is gone; the reader thread then fails what is outstanding.
+            with contextlib.suppress(OSError):
+                self._commands_out.send(message)
+
+    def retry_after(self) -> float:
+        return max(1.0, round(self._step_seconds * 64))
+
+    @property
+    def load(self) -> tuple[int, int]:
+        return self._load
+
+    @property
+    def outstanding(self) -> int:
+        """What a retiring model waits for: sequences submitted and not finished, and requests being
+        prepared for it."""
+        return self._outstanding + self._preparing
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Count a request as outstanding while it is prepared (tokenized, off the event loop) for
+        this engine, so that a hot swap does not retire the engine under it."""
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+
+    def stalled_for(self) -> float:
+        """Seconds the engine has completed no step while work waits for it; 0 when it has none."""
+        if self._outstanding == 0:
+            return 0.0
+        return time.monotonic() - self._last_step
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the engine: whatever still runs ends with SchedulerClosed, then the process exits."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._send(Stop())
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("engine did not stop within %.0fs; killing it", timeout)
+            self._kill()
+        if self._reader is not None:
+            self._reader.join(5)
+        self._stopped.set()
+
+    # --- the reader thread --------------------------------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._events_in.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(message, Stopped):
+                break
+            self._on_step(message)
+        died = not self._stopping.is_set()
+        error: Exception = SchedulerClosed()
+        if died:
+            error = self._stall or EngineError("the engine process ended unexpectedly")
+        self._fail_outstanding(error)
+        if died:
+            self._stopped.set()
+            self._process.join(5)
+            reason = str(self._stall) if self._stall else f"exit code {self._process.exitcode}"
+            log.error("engine process ended unexpectedly", extra={"reason": reason})
+            if self.on_death is not None:
+                self.on_death(f"engine process ended ({reason})")
+
+    def _watch(self) -> None:
+        """Watches for a wedged engine (a hung device, a stopped process), which the engine loop's own
+        deadlines cannot see: past engine_stall_s without a step while work waits, readiness turns 503
+        (RuntimeState.readiness asks stalled_for); past engine_stall_exit_s the engine is killed, so that
+        the reader ends what was in flight with EngineStalled and on_death ends this process."""
+        settings = self.spec.scheduler
+        interval = min(1.0, settings.engine_stall_s / 4)
+        warned = False
+        while not self._stopped.wait(interval):
+            stalled = self.stalled_for()
+            if stalled <= settings.engine_stall_s or self._stopping.is_set():
+                warned = False
+                continue
+            if not warned:
+                log.warning(
+                    "the engine has completed no step while work waits; readiness is 503",
+                    extra={"seconds": round(stalled, 1), "outstanding": self._outstanding},
+                )
+                warned = True
+            if stalled > settings.engine_stall_exit_s:
+                log.error(
+                    "the engine is stalled; ending it and this process", extra={"seconds": round(stalled, 1)}
+                )
+                self._stall = EngineStalled(stalled)
+                self._process.kill()  # works on a stopped process too; the reader then sees the pipe close
+                return
+
+    def _on_step(self, step: Step) -> None:
+        waiting, running, keyed = step
+        now = time.monotonic()
+        self._step_seconds = 0.9 * self._step_seconds + 0.1 * (now - self._last_step)
+        self._last_step = now
+        self._load = (waiting, running)
+        self.observer.observe_step(waiting, running)
+        batch: list[tuple[Sink, list[Event]]] = []
+        generated = 0
+        with self._lock:
+            for key, events in keyed:
+                request = self._requests.get(key)
+                if request is None:
+                    continue
+                for event in events:
+                    previous = request.last.get(event.index)
+                    if previous is None:
+                        self.observer.observe_first_token(now - request.arrival)
+                    elif event.tokens > request.tokens.get(event.index, 0):
+                        self.observer.observe_inter_token(now - previous)
+                    generated += event.tokens - request.tokens.get(event.index, 0)
+                    request.last[event.index] = now
+                    request.tokens[event.index] = event.tokens
+                    if event.final:
+                        request.finished.add(event.index)
+                        self._outstanding -= 1
+                if len(request.finished) >= request.choices:
+                    del self._requests[key]
+                batch.append((request.sink, events))
+        self.observer.count_tokens(0, generated)
+        if batch and self._dispatch is not None:
+            self._dispatch(batch)
+
+    def _fail_outstanding(self, error: Exception) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            self._outstanding = 0
+        batch = []
+        for request in requests.values():
+            unfinished = [i for i in range(request.choices) if i not in request.finished]
+            ended = [Event(i, "", request.tokens.get(i, 0), error=error) for i in unfinished]
+            batch.append((request.sink, ended))
+        if batch and self._dispatch is not None:
+            self._dispatch(batch)
+
+    def _kill(self) -> None:
+        self._process.kill()
+        self._process.join(5)
