@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8000)")
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     serve.add_argument("--allow-unauthenticated", action="store_true", help="serve without API keys")
-    serve.add_argument("--config", type=Path, help="YAML settings file (see README)")
+    serve.add_argument("--config", type=Path, help="YAML settings file (docs/settings.md)")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo-model", help="build the small demo model (about 90 s on 2 cores)")
