@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from infra.boot import sha256_file  # noqa: E402  (the instance checks the bundle with the same code)
 from infra.userdata import bundle_name  # noqa: E402
 
 # What boot.py installs into Ansible's venv on the instance, pinned to this venv's versions.
@@ -130,14 +131,6 @@ def build(wheelhouse: Path, out: Path, cache: Path) -> tuple[Path, dict]:
     finally:
         partial.unlink(missing_ok=True)
     return target, manifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def upload(bundle: Path, url: str) -> str:

@@ -32,7 +32,7 @@ from harness import REPO
 from harness.fleet import running_under
 from harness.playbooks import ensure_wheelhouse, playbook
 from harness.server import free_port
-from infra.bundle import sha256_file
+from infra.boot import sha256_file
 from infra.userdata import BOOT_CONFIG_PATH, BOOT_SCRIPT_PATH, bundle_name
 from model_runtime.registry.registry import Registry
 from tests.support.pulumi_mocks import run_program
