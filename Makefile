@@ -33,7 +33,7 @@ venv: $(BIN)/.installed
 # (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
 demo: $(BIN)/.installed-demo wheelhouse demo-model .cache/demo-api-key
 	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 demo-stop: $(BIN)/.installed-demo
 	$(BIN)/ansible-playbook -i inventories/local playbooks/stop.yml

@@ -95,7 +95,7 @@ class Fleet:
         client = shlex.quote(HAPROXY_CLIENT.read_text())
         views = {}
         for balancer in self.group("loadbalancers"):
-            socket = f"{balancer.vars['loadbalancer_run_dir']}/admin.sock"
+            socket = balancer.vars["loadbalancer_admin_socket"]
             backend = balancer.vars["loadbalancer_backend_name"]
             command = f"python3 -c {client} {shlex.quote(socket)} {shlex.quote(backend)}"
             views[balancer.name] = json.loads(self.run(balancer, command))
@@ -128,10 +128,11 @@ def logs(c: Context, host: str = "", lines: int = 50, inventory: str = DEFAULT_I
     fleet = Fleet(inventory)
     for target in [fleet.host(host)] if host else fleet.group("gpu_servers"):
         for instance in target.instances():
+            service = target.service(instance)
             if fleet.service_manager(target) == "systemd":
-                command = f"journalctl -u model-runtime-{instance}.service -n {int(lines)} --no-pager"
+                command = f"journalctl -u {shlex.quote(service + '.service')} -n {int(lines)} --no-pager"
             else:
-                log = f"{target.vars['model_runtime_log_dir']}/model-runtime-{instance}.log"
+                log = f"{target.vars['model_runtime_log_dir']}/{service}.log"
                 command = f"tail -n {int(lines)} {shlex.quote(log)}"
             print(f"==> {target.name} instance {instance} <==")
             print(fleet.run(target, command, warn=True))

@@ -18,8 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import tempfile
 
+# harness.models before harness.fleet: transformers imports torch's compiler, which refuses to load once
+# Ansible (imported by harness.fleet through fleet_ops.inventory) has patched sys.intern.
+from harness.models import ensure_demo_model  # isort: split
+
 from harness.fleet import KEY, LocalFleet
-from harness.models import ensure_demo_model
 from harness.soak import OVERLOAD_SETTINGS, report, soak
 
 

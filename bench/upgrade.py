@@ -23,9 +23,12 @@ import statistics
 import tempfile
 import time
 
+# harness.models before harness.fleet: transformers imports torch's compiler, which refuses to load once
+# Ansible (imported by harness.fleet through fleet_ops.inventory) has patched sys.intern.
+from harness.models import ensure_demo_model  # isort: split
+
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness.fleet import LocalFleet
-from harness.models import ensure_demo_model
 
 
 def main() -> None:

@@ -50,6 +50,11 @@ class FleetHost:
     def port(self, instance: int) -> int:
         return int(self.vars["model_runtime_base_port"]) + instance - 1
 
+    def service(self, instance: int) -> str:
+        """Instance N's systemd unit (with .service) or supervisord program (its log: <service>.log in
+        model_runtime_log_dir), named as the model_runtime role names it: model_runtime_service_name-N."""
+        return f"{self.vars['model_runtime_service_name']}-{instance}"
+
 
 @functools.cache
 def _init_plugins() -> None:

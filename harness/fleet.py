@@ -4,6 +4,7 @@ and bench/soak.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import httpx
 
+from fleet_ops.inventory import FleetHost, load_fleet
 from harness import REPO
 from harness.load import Load, completions
 from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
 from harness.server import free_port
+from model_runtime.readiness import answer, ready_url
 from module_utils.haproxy_runtime import server_rows
 
 LOCAL = REPO / "inventories" / "local"
@@ -100,6 +103,12 @@ class LocalFleet:
         self.old_runtime = (wheelhouse / "RUNTIME_VERSION").read_text().strip()
         self.old_model = json.loads((self.demo_model / "manifest.json").read_text())["version"]
 
+    @functools.cached_property
+    def inventory_host(self) -> FleetHost:
+        """The local inventory's one host (GPU server and load balancer) as a play sees it, for the names
+        the roles give things: its instances' services, the balancer's backend."""
+        return load_fleet(LOCAL)["localhost"]
+
     def model_version(self, version: str, break_weights: bool = False) -> Path:
         return model_copy(self.demo_model, self.root / f"demo-{version}", version, break_weights)
 
@@ -128,7 +137,7 @@ class LocalFleet:
         """Each instance's server process (supervisord's program), by instance name."""
         pids = {}
         for i in range(1, self.instances + 1):
-            pid = self.supervisorctl("pid", f"model-runtime-{i}")
+            pid = self.supervisorctl("pid", self.inventory_host.service(i))
             if pid.isdigit() and pid != "0":
                 pids[f"localhost-{i}"] = int(pid)
         return pids
@@ -138,9 +147,10 @@ class LocalFleet:
         HAProxy); None when it does not answer."""
         port = self.settings["model_runtime_base_port"] + instance - 1
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()["status"]
-        except httpx.HTTPError:
+            _, body = answer(ready_url(f"http://127.0.0.1:{port}"), timeout_s=5)
+        except OSError:
             return None
+        return json.loads(body)["status"]
 
     def replica_ready(self, instance: int) -> bool:
         return self.replica_readiness(instance) == "ready"
@@ -172,7 +182,7 @@ class LocalFleet:
         csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
         return {
             row["svname"]: (row["status"], " ".join(row[k] for k in CHECK_COLUMNS))
-            for row in server_rows(csv, "model_runtime")
+            for row in server_rows(csv, self.inventory_host.vars["loadbalancer_backend_name"])
         }
 
     def supervisorctl(self, *args: str) -> str:

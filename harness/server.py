@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import httpx
 import openai
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from model_runtime.readiness import NotReady, ready_url, wait_ready
 
 API_KEY = "test-key-0123456789"
 
@@ -74,19 +75,19 @@ class RuntimeProcess:
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                ready = httpx.get(f"{self.base_url}/health/ready", timeout=1, verify=self.verify)
-                if ready.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready within {timeout}s:\n{self.log()}")
+        try:
+            wait_ready(ready_url(self.base_url), timeout, self.tls(), self._still_running, poll_s=0.1)
+        except NotReady as exc:
+            raise TimeoutError(f"server not ready within {timeout}s:\n{self.log()}") from exc
+
+    def _still_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The client side of the server's TLS (the trust it was given); None for plain HTTP."""
+        return self.verify if isinstance(self.verify, ssl.SSLContext) else None
 
     def client(self, **kwargs: object) -> openai.OpenAI:
         kwargs.setdefault("api_key", API_KEY)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_runtime import __version__, doctor
-from model_runtime.config import load_settings
+from model_runtime.config import ServerSettings, load_settings
 from model_runtime.convert import cli as convert_cli
 from model_runtime.ensemble import cli as ensemble_cli
 from model_runtime.errors import OperatorError
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="name clients use (default: the folder name)")
     serve.add_argument("--model-version", help="version reported by /v1/models and system_fingerprint")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default 8000)")
+    serve.add_argument("--port", type=int, help=f"listen port (default {ServerSettings().port})")
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     serve.add_argument("--allow-unauthenticated", action="store_true", help="serve without API keys")
     serve.add_argument("--config", type=Path, help="YAML settings file (docs/settings.md)")

@@ -64,7 +64,11 @@ class ServerSettings(_Section):
     host: str = Field(
         default="127.0.0.1", description="Address of the public listener (/v1/..., /health/...)"
     )
-    port: int = Field(default=8000, ge=0, le=65535, description="Port of the public listener")
+    # A lone instance listens where instance 1 of a fleet does (the model_runtime role's
+    # model_runtime_base_port, 8101; its internal listener: model_runtime_metrics_base_port): the load
+    # balancer's front port (loadbalancer_port, 8000) stays the fleet's. tests/unit/test_config.py holds
+    # these defaults to the roles'.
+    port: int = Field(default=8101, ge=0, le=65535, description="Port of the public listener")
     api_keys_file: Path | None = Field(
         default=None,
         description=f"One key per line, '#' starts a comment; {API_KEYS_ENV}=k1,k2 adds keys",

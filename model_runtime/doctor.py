@@ -16,8 +16,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model_runtime import __version__
 from model_runtime.config import ConfigError, Settings, load_settings
+from model_runtime.readiness import answer, ready_url
 from model_runtime.registry.manifest import ManifestError, read_manifest, verify_folder
 from model_runtime.registry.resolve import PREFIX as REGISTRY_PREFIX
 
@@ -147,20 +146,10 @@ def instance_tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _get(url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> tuple[int, str]:
-    """(status, body); HTTP errors are answers too. Raises OSError when nothing answers."""
-    try:
-        # S310: the URL is always http:// or https://, made by _listener_url from the settings.
-        with urllib.request.urlopen(url, timeout=timeout_s, context=tls) as response:  # noqa: S310
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-
-
 def running_version(internal_url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> str | None:
     """The version the instance reports in its metrics (model_runtime_info), or None if unknown."""
     try:
-        status, text = _get(f"{internal_url}/metrics", timeout_s, tls)
+        status, text = answer(f"{internal_url}/metrics", timeout_s, tls)
     except OSError:
         return None
     if status != 200:
@@ -187,9 +176,9 @@ def check_version(installed: str, running: str | None, base_url: str) -> Check:
 
 def check_ready(base_url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> Check:
     name = "instance_ready"
-    url = f"{base_url}/health/ready"
+    url = ready_url(base_url)
     try:
-        status, body = _get(url, timeout_s, tls)
+        status, body = answer(url, timeout_s, tls)
     except OSError as exc:
         return Check(name, "fail", f"nothing answers at {url}: {getattr(exc, 'reason', exc)}")
     try:

@@ -1,4 +1,5 @@
-"""Build the demo model: a byte-level BPE tokenizer and a small Llama, trained here in about a minute.
+"""Build the demo model: a byte-level BPE tokenizer and a small Llama, trained here (about 4 minutes on
+2 cores: 400 steps at about 0.6 s each).
 
 Nothing is downloaded. The result is an ordinary Hugging Face folder (config.json, model.safetensors,
 tokenizer.json with a chat template, generation_config.json) plus `demo-model.json`, the build record

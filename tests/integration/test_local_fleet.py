@@ -45,6 +45,10 @@ def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     fleet = LocalFleet(
         tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
     )
+    # supervisord gives a release that cannot load one retry instead of the default three before its
+    # FATAL ends the readiness wait: the broken release stops at the first instance just the same,
+    # two model loads sooner.
+    fleet.settings["model_runtime_start_retries"] = 1
     fleet.first = fleet.run("site.yml")
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)

@@ -206,6 +206,9 @@ def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
     assert host.vars["model_runtime_version"] == (wheelhouse / "RUNTIME_VERSION").read_text().strip()
     assert host.instances() == [1, 2]
     assert host.port(2) == 8102
+    assert host.service(2) == "model-runtime-2"  # supervisord's program, as the role names it
+    # The balancer's runtime API socket that `fab status` asks: the role's default, templated.
+    assert host.vars["loadbalancer_admin_socket"] == f"{host.vars['loadbalancer_run_dir']}/admin.sock"
     assert host.local
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from harness import REPO
 from harness.server import free_port
-from module_utils.readiness import NotReady, ready_url, wait_ready
+from model_runtime.readiness import NotReady, ready_url, wait_ready
 
 ROLE = REPO / "roles" / "loadbalancer"
 TEMPLATE = ROLE / "templates" / "haproxy.cfg.j2"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from model_runtime.config import API_KEYS_ENV, ConfigError, load_settings
+from harness.playbooks import role_defaults
+from model_runtime.config import API_KEYS_ENV, ConfigError, ServerSettings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -101,3 +102,13 @@ def test_unreadable_key_file_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="cannot read"):
         settings.api_keys()
+
+
+def test_a_lone_instance_listens_where_a_fleet_s_first_instance_does() -> None:
+    """One source per port: the runtime's defaults are the model_runtime role's base ports, and the load
+    balancer's front port is none of them (it stays the fleet's, in front of the instances)."""
+    runtime, balancer = role_defaults("model_runtime"), role_defaults("loadbalancer")
+    defaults = ServerSettings()
+    assert defaults.port == runtime["model_runtime_base_port"]
+    assert defaults.metrics_port == runtime["model_runtime_metrics_base_port"]
+    assert balancer["loadbalancer_port"] not in (defaults.port, defaults.metrics_port)
