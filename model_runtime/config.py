@@ -47,6 +47,21 @@ class ModelSettings(_Section):
         default=False, description="Let transformers run Python code shipped in the model folder"
     )
     max_context: int | None = Field(default=None, gt=0, description="Cap below the model's own context")
+    engine: Literal["auto", "builtin", "vllm"] = Field(
+        default="auto",
+        description="builtin: this package's engines, chosen by the folder's format (torch, ONNX, "
+        "ensembles); vllm: vLLM in its own environment (vllm.python) behind this server; auto: vllm "
+        "on a CUDA host where vllm.python is set and the format is one vLLM reads, builtin otherwise",
+    )
+    tensor_parallel_size: int = Field(
+        default=1, gt=0, description="GPUs one copy of the model is split across, layer by layer (vllm)"
+    )
+    load_timeout_s: float = Field(
+        default=900.0, gt=0, description="Longest the engine may take to load, compile and warm up the model"
+    )
+    pipeline_parallel_size: int = Field(
+        default=1, gt=0, description="GPUs the model's layers are spread over in stages (vllm)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -55,9 +70,23 @@ class ModelSettings(_Section):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
+    @model_validator(mode="after")
+    def _parallel_needs_vllm(self) -> ModelSettings:
+        if self.engine == "builtin" and self.gpus > 1:
+            raise ValueError(
+                f"tensor_parallel_size x pipeline_parallel_size is {self.gpus}: the builtin engine runs "
+                "a model on one device; set engine: vllm to split it across GPUs"
+            )
+        return self
+
     @property
     def name(self) -> str:
         return self.served_name or Path(self.path).name
+
+    @property
+    def gpus(self) -> int:
+        """The devices one copy of the model needs."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 class ServerSettings(_Section):
@@ -199,6 +228,24 @@ class RegistrySettings(_Section):
     )
 
 
+class VllmSettings(_Section):
+    python: Path | None = Field(
+        default=None,
+        description="The interpreter of vLLM's own environment (its pins differ from this package's); "
+        "none: the vllm engine is off",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of each GPU's memory vLLM takes for weights and cache"
+    )
+    cpu_kv_cache_gib: int = Field(
+        default=4, gt=0, description="On a CPU host: GiB of memory vLLM keeps for the attention cache"
+    )
+    enforce_eager: bool = Field(
+        default=False,
+        description="Skip compilation and CUDA graphs: a faster start, slower tokens",
+    )
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe level logged"
@@ -220,7 +267,18 @@ class Settings(_Section):
         default=RegistrySettings(),
         description="The model registry that registry: paths and ensemble members come from",
     )
+    vllm: VllmSettings = Field(
+        default=VllmSettings(), description="Where vLLM's environment is and how it uses the device"
+    )
     logging: LoggingSettings = Field(default=LoggingSettings(), description="What the runtime logs, and how")
+
+    @model_validator(mode="after")
+    def _vllm_installed(self) -> Settings:
+        if self.model.engine == "vllm" and self.vllm.python is None:
+            raise ValueError(
+                "vllm.python: model.engine is vllm, which needs the interpreter of vLLM's environment"
+            )
+        return self
 
     def api_keys(self) -> frozenset[str]:
         """Keys from the key file and the environment. Read once at start."""

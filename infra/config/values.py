@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, mod
 from pydantic.alias_generators import to_camel
 
 from infra.config.errors import Problem
+from infra.config.gpus import GPUS_PER_INSTANCE_TYPE
 from model_runtime.registry.registry import RegistryError, parse_ref
 
 
@@ -131,6 +132,12 @@ def _network(cidr: str) -> str:
 def _instance_type(name: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", name):
         raise Problem(f"{name!r} is not an EC2 instance type")
+    if name not in GPUS_PER_INSTANCE_TYPE:
+        families = sorted({t.split(".")[0] for t in GPUS_PER_INSTANCE_TYPE})
+        raise Problem(
+            f"{name!r} is not a GPU instance type this stack knows ({', '.join(families)}); "
+            "infra/config/gpus.py lists them with their GPU counts"
+        )
     return name
 
 

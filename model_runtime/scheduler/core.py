@@ -33,6 +33,7 @@ from model_runtime.scheduler.events import (
     Sink,
     TokenLogprobs,
     deliver_here,
+    retry_after,
 )
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.sampling import LogitBias, SampleRow, make_bias, make_generator, sample
@@ -120,8 +121,7 @@ class Scheduler:
             self._cond.notify()
 
     def retry_after(self) -> float:
-        """A rough time until capacity frees: a typical request's worth of steps."""
-        return max(1.0, round(self._step_seconds * 64))
+        return retry_after(self._step_seconds)
 
     @property
     def load(self) -> tuple[int, int]:

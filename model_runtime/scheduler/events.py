@@ -13,6 +13,11 @@ class SchedulerError(RuntimeError):
     constructor arguments, since events cross from the engine process to the HTTP process."""
 
 
+def retry_after(step_seconds: float) -> float:
+    """A rough time until capacity frees, for Retry-After: a typical request's worth of steps."""
+    return max(1.0, round(step_seconds * 64))
+
+
 class QueueFull(SchedulerError):
     def __init__(self, retry_after: float) -> None:
         super().__init__("the server is at capacity; retry later")

@@ -3,6 +3,9 @@ process), exposed at GET /metrics on the internal listener (server.metrics_host,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,6 +15,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from model_runtime import __version__
 from model_runtime.scheduler.worker.parent import StepObserver
@@ -84,6 +88,13 @@ class RuntimeMetrics:
 
     def for_model(self, name: str) -> ModelMetrics:
         return ModelMetrics(self, name)
+
+    def read_engine_metrics(self, folder: Path) -> Callable[[], None]:
+        """Expose, beside ours, the metrics that an engine process of another environment writes to
+        folder (vLLM's own, in Prometheus's multiprocess format). Returns what stops it."""
+        collector = MultiProcessCollector(None, path=str(folder))
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
 
 
 class ModelMetrics(StepObserver):

@@ -20,14 +20,17 @@ from transformers import PreTrainedTokenizerBase
 from model_runtime import __version__
 from model_runtime.config import ModelSettings, Settings
 from model_runtime.engine.base import EngineInfo
-from model_runtime.engine.loading import detect_format, load_tokenizer
+from model_runtime.engine.loading import ModelFormat, detect_format, load_tokenizer
 from model_runtime.registry.resolve import materialize
 from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
 from model_runtime.scheduler.worker.messages import WorkerSpec
-from model_runtime.scheduler.worker.parent import EngineProcess
+from model_runtime.scheduler.worker.parent import EngineProcess, Launch, spawn_builtin
 from model_runtime.server.errors import APIError, not_ready
 from model_runtime.server.hook import Plugin, RequestHook
 from model_runtime.server.metrics import RuntimeMetrics
+from model_runtime.vllm.choice import choose_engine
+from model_runtime.vllm.launch import VllmLaunch
+from model_runtime.vllm.spec import VllmSpec
 
 Phase = Literal["loading", "ready", "draining", "failed"]
 T = TypeVar("T")
@@ -45,6 +48,8 @@ class ServedModel:
     scheduler: EngineProcess
     hook: RequestHook
     created: int = field(default_factory=lambda: int(time.time()))
+    # What else ends with the engine (the vllm engine's metrics files and their reader).
+    on_close: Callable[[], None] = lambda: None
 
     @property
     def fingerprint(self) -> str:
@@ -53,6 +58,7 @@ class ServedModel:
 
     def close(self) -> None:
         self.scheduler.stop()
+        self.on_close()
 
 
 def loop_dispatch(loop: asyncio.AbstractEventLoop) -> Dispatch:
@@ -71,22 +77,39 @@ def start_served_model(
     loaded and warm (blocking). plugin: the formats served beyond the engine's own."""
     model = materialize(model, settings.registry)
     version = model.version or "unversioned"
-    engine = EngineProcess(
-        WorkerSpec(
-            model=model,
-            scheduler=settings.scheduler,
-            logging=settings.logging,
-            loaders=plugin.engine_loaders(),
-            registry=settings.registry,
-        ),
-        metrics.for_model(model.name),
-    )
-    info = engine.start(dispatch)
-    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
     fmt = detect_format(Path(model.path))
+    launch, on_close = _engine_launch(settings, model, fmt, metrics, plugin)
+    engine = EngineProcess(settings.scheduler, launch, metrics.for_model(model.name))
+    try:
+        info = engine.start(dispatch, model.load_timeout_s)
+    except Exception:
+        on_close()
+        raise
+    # The HTTP process needs the tokenizer too (prompts, chat template, token texts), not the weights.
     tokenizer = load_tokenizer(fmt, model.trust_remote_code)
     metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
-    return ServedModel(model.name, version, info, tokenizer, engine, plugin.hook(fmt, model.name))
+    hook = plugin.hook(fmt, model.name)
+    return ServedModel(model.name, version, info, tokenizer, engine, hook, on_close=on_close)
+
+
+def _engine_launch(
+    settings: Settings, model: ModelSettings, fmt: ModelFormat, metrics: RuntimeMetrics, plugin: Plugin
+) -> tuple[Launch, Callable[[], None]]:
+    """How the engine process of model starts (vLLM's, or this package's with the plugin's formats), and
+    what ends with it."""
+    if choose_engine(model, settings.vllm, fmt) == "builtin":
+        spec = WorkerSpec(
+            model, settings.scheduler, settings.logging, plugin.engine_loaders(), settings.registry
+        )
+        return spawn_builtin(spec), lambda: None
+    vllm = VllmLaunch(VllmSpec(model, settings.scheduler, settings.vllm, settings.logging))
+    stop_reading = metrics.read_engine_metrics(vllm.metrics_dir)
+
+    def on_close() -> None:
+        stop_reading()
+        vllm.close()
+
+    return vllm, on_close
 
 
 class RuntimeState:

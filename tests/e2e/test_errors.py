@@ -11,6 +11,7 @@ import pytest
 
 from harness.load import Load
 from harness.server import API_KEY, RuntimeProcess, metric_value
+from tests.support.engines import ENGINES, engine_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -22,22 +23,22 @@ def envelope(response: httpx.Response) -> dict:
     return body["error"]
 
 
-def test_missing_and_wrong_key(demo_server: RuntimeProcess) -> None:
+def test_missing_and_wrong_key(engine_server: RuntimeProcess) -> None:
     with pytest.raises(openai.AuthenticationError) as wrong:
-        demo_server.client(api_key="not-the-key").models.list()
+        engine_server.client(api_key="not-the-key").models.list()
     assert wrong.value.status_code == 401
     assert wrong.value.body["code"] == "invalid_api_key"
-    missing = httpx.get(f"{demo_server.base_url}/v1/models")
+    missing = httpx.get(f"{engine_server.base_url}/v1/models")
     assert missing.status_code == 401
     assert envelope(missing)["code"] == "missing_api_key"
     # Probes and scrapers need no key.
-    assert httpx.get(f"{demo_server.base_url}/health/live").status_code == 200
-    assert httpx.get(f"{demo_server.internal_url}/metrics").status_code == 200
+    assert httpx.get(f"{engine_server.base_url}/health/live").status_code == 200
+    assert httpx.get(f"{engine_server.internal_url}/metrics").status_code == 200
 
 
-def test_unknown_model_is_404(demo_server: RuntimeProcess) -> None:
+def test_unknown_model_is_404(engine_server: RuntimeProcess) -> None:
     with pytest.raises(openai.NotFoundError) as error:
-        demo_server.client().completions.create(model="gpt-9", prompt="x", max_tokens=2)
+        engine_server.client().completions.create(model="gpt-9", prompt="x", max_tokens=2)
     assert error.value.body["param"] == "model"
     assert error.value.body["code"] == "model_not_found"
 
@@ -66,9 +67,9 @@ LONG_PROMPT = "You may copy and distribute " * 200
     ],
 )
 def test_completion_400_names_the_parameter(
-    demo_server: RuntimeProcess, kwargs: dict, param: str, fragment: str
+    engine_server: RuntimeProcess, kwargs: dict, param: str, fragment: str
 ) -> None:
-    with demo_server.http() as http:
+    with engine_server.http() as http:
         response = http.post("/v1/completions", json={"model": "demo", **kwargs})
     assert response.status_code == 400, response.text
     error = envelope(response)
@@ -102,9 +103,9 @@ def test_completion_400_names_the_parameter(
     ],
 )
 def test_chat_400_names_the_parameter(
-    demo_server: RuntimeProcess, body: dict, param: str, fragment: str
+    engine_server: RuntimeProcess, body: dict, param: str, fragment: str
 ) -> None:
-    with demo_server.http() as http:
+    with engine_server.http() as http:
         response = http.post("/v1/chat/completions", json={"model": "demo", **body})
     assert response.status_code == 400, response.text
     error = envelope(response)
@@ -112,8 +113,8 @@ def test_chat_400_names_the_parameter(
     assert fragment in error["message"]
 
 
-def test_malformed_json_and_wrong_shapes(demo_server: RuntimeProcess) -> None:
-    with demo_server.http() as http:
+def test_malformed_json_and_wrong_shapes(engine_server: RuntimeProcess) -> None:
+    with engine_server.http() as http:
         broken = http.post(
             "/v1/completions",
             content=b'{"model": "demo", "prompt": ',
@@ -130,23 +131,26 @@ def test_malformed_json_and_wrong_shapes(demo_server: RuntimeProcess) -> None:
     assert not_json.status_code == 400
 
 
-def test_oversized_body_is_413(demo_server: RuntimeProcess) -> None:
-    with demo_server.http() as http:
+def test_oversized_body_is_413(engine_server: RuntimeProcess) -> None:
+    with engine_server.http() as http:
         response = http.post("/v1/completions", json={"model": "demo", "prompt": "x" * (5 * 1024 * 1024)})
     assert response.status_code == 413
     assert envelope(response)["code"] == "request_too_large"
 
 
-def test_unknown_route_and_method(demo_server: RuntimeProcess) -> None:
-    with demo_server.http() as http:
+def test_unknown_route_and_method(engine_server: RuntimeProcess) -> None:
+    with engine_server.http() as http:
         assert envelope(http.get("/v1/nothing-here"))["code"] == "not_found"
         assert envelope(http.get("/v1/completions"))["code"] == "method_not_allowed"
 
 
-def test_full_queue_is_429_with_retry_after(medium_llama: Path, tmp_path: Path) -> None:
-    server = RuntimeProcess(
-        medium_llama, tmp_path, {"scheduler": {"max_batch_size": 1, "max_queue": 0}}, name="slow"
-    ).start()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_full_queue_is_429_with_retry_after(
+    engine: str, medium_llama: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    settings = engine_settings(engine, request)
+    settings["scheduler"] = {"max_batch_size": 1, "max_queue": 0}
+    server = RuntimeProcess(medium_llama, tmp_path, settings, name="slow").start(timeout=600)
     try:
         client = server.client()
         stream = client.completions.create(
@@ -175,7 +179,7 @@ def test_full_queue_is_429_with_retry_after(medium_llama: Path, tmp_path: Path) 
         assert server.stop() == 0
 
 
-def test_no_5xx_under_concurrent_mixed_load(demo_server: RuntimeProcess) -> None:
+def test_no_5xx_under_concurrent_mixed_load(engine_server: RuntimeProcess) -> None:
     """A burst of good and bad requests at once: every answer is 200 or a 4xx envelope."""
     bodies = [
         {"model": "demo", "prompt": "You may", "max_tokens": 8},
@@ -185,7 +189,7 @@ def test_no_5xx_under_concurrent_mixed_load(demo_server: RuntimeProcess) -> None
         {"model": "nope", "prompt": "x"},
         {"model": "demo", "prompt": "x", "temperature": "hot"},
     ]
-    burst = Load(demo_server.base_url, bodies * 6, clients=12, api_key=API_KEY).run()
+    burst = Load(engine_server.base_url, bodies * 6, clients=12, api_key=API_KEY).run()
     statuses = [outcome.status for outcome in burst.outcomes]
     assert len(statuses) == 36
     assert all(s == 200 or 400 <= s < 500 for s in statuses), statuses
@@ -219,9 +223,9 @@ BOUND_BODIES = {
     ],
 )
 def test_bounds_on_per_token_work_are_400s_naming_the_parameter(
-    demo_server: RuntimeProcess, path: str, extra: dict, fragment: str
+    engine_server: RuntimeProcess, path: str, extra: dict, fragment: str
 ) -> None:
-    with demo_server.http() as http:
+    with engine_server.http() as http:
         response = http.post(path, json={**BOUND_BODIES[path], **extra})
     assert response.status_code == 400, response.text
     error = envelope(response)
@@ -230,7 +234,7 @@ def test_bounds_on_per_token_work_are_400s_naming_the_parameter(
 
 
 @pytest.mark.parametrize("path", list(BOUND_BODIES))
-def test_requests_at_the_bounds_are_served(demo_server: RuntimeProcess, path: str) -> None:
+def test_requests_at_the_bounds_are_served(engine_server: RuntimeProcess, path: str) -> None:
     at_the_bounds = {
         "logit_bias": {str(t): -1 for t in range(300)},
         "stop": [chr(0x4E00 + i) * 256 for i in range(16)],
@@ -238,7 +242,7 @@ def test_requests_at_the_bounds_are_served(demo_server: RuntimeProcess, path: st
         "n": 2,  # the second choice's seed is 2**63
         "temperature": 1.0,
     }
-    with demo_server.http() as http:
+    with engine_server.http() as http:
         response = http.post(path, json={**BOUND_BODIES[path], **at_the_bounds})
     assert response.status_code == 200, response.text
     assert len(response.json()["choices"]) == 2

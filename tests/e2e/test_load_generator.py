@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness.load import Load, Throughput, completions
+from harness.load import Load, completions
 from harness.server import API_KEY, RuntimeProcess
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,14 @@ def test_a_closed_loop_sends_every_body_once_and_counts_its_tokens(demo_server: 
     assert {o.fingerprint for o in answered} == {"model-runtime-0.1.0:demo@test"}
     assert [(o.status, o.refused) for o in load.failures] == [(404, False)] * 3
     assert all(o.started <= o.finished <= load.ended for o in load.outcomes)
-    assert load.throughput() == Throughput(9, 30, load.ended - load.started, 3)
+    throughput = load.throughput()
+    assert (throughput.requests, throughput.tokens, throughput.failed) == (9, 30, 3)
+    assert throughput.seconds == load.ended - load.started
+    # The streams' latencies: each one's first token, and the gaps between its events with text (at most
+    # one per token after the first; the usage event and [DONE] are not among them).
+    assert len(throughput.first_token_s) == 3
+    assert all(t > 0 for t in throughput.first_token_s)
+    assert 0 < len(throughput.inter_token_s) <= 3 * 4
 
 
 def test_a_timed_load_starts_no_request_after_its_time(demo_server: RuntimeProcess) -> None:

@@ -11,12 +11,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.server import RuntimeProcess, metric_value
+from tests.support.engines import ENGINES, engine_settings
 
 pytestmark = pytest.mark.e2e
 
 
-def test_sigterm_lets_the_stream_finish_then_exits_zero(medium_llama: Path, tmp_path: Path) -> None:
-    server = RuntimeProcess(medium_llama, tmp_path, {"server": {"shutdown_grace_s": 60}}, name="slow").start()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigterm_lets_the_stream_finish_then_exits_zero(
+    engine: str, medium_llama: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    settings = engine_settings(engine, request)
+    settings["server"] = {"shutdown_grace_s": 60}
+    server = RuntimeProcess(medium_llama, tmp_path, settings, name="slow").start(timeout=600)
     try:
         client = server.client()
         stream = client.completions.create(
@@ -45,9 +51,11 @@ def test_sigterm_lets_the_stream_finish_then_exits_zero(medium_llama: Path, tmp_
         server.stop()
 
 
-def test_metrics_parse_and_move(demo_server: RuntimeProcess) -> None:
-    scraped = httpx.get(f"{demo_server.internal_url}/metrics").text
+def test_metrics_parse_and_move(engine_server: RuntimeProcess, request: pytest.FixtureRequest) -> None:
+    scraped = httpx.get(f"{engine_server.internal_url}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    if request.node.callspec.params["engine_server"] == "vllm":  # vLLM's own metrics, beside ours
+        assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc"} <= families.keys(), sorted(families)
     for name in (
         "model_runtime_requests",
         "model_runtime_queue_depth",
@@ -59,18 +67,18 @@ def test_metrics_parse_and_move(demo_server: RuntimeProcess) -> None:
         "model_runtime_model_load_seconds",
     ):
         assert name in families, name
-    assert metric_value(demo_server, "model_runtime_model_load_seconds", model="demo", version="test") > 0
+    assert metric_value(engine_server, "model_runtime_model_load_seconds", model="demo", version="test") > 0
 
     before_requests = metric_value(
-        demo_server, "model_runtime_requests_total", endpoint="/v1/completions", status="200"
+        engine_server, "model_runtime_requests_total", endpoint="/v1/completions", status="200"
     )
-    before_tokens = metric_value(demo_server, "model_runtime_generation_tokens_total", model="demo")
-    before_ttft = metric_value(demo_server, "model_runtime_time_to_first_token_seconds_count", model="demo")
-    before_itl = metric_value(demo_server, "model_runtime_inter_token_latency_seconds_count", model="demo")
-    demo_server.client().completions.create(
+    before_tokens = metric_value(engine_server, "model_runtime_generation_tokens_total", model="demo")
+    before_ttft = metric_value(engine_server, "model_runtime_time_to_first_token_seconds_count", model="demo")
+    before_itl = metric_value(engine_server, "model_runtime_inter_token_latency_seconds_count", model="demo")
+    engine_server.client().completions.create(
         model="demo", prompt="This", max_tokens=6, extra_body={"ignore_eos": True}
     )
-    after = lambda name, **labels: metric_value(demo_server, name, **labels)  # noqa: E731
+    after = lambda name, **labels: metric_value(engine_server, name, **labels)  # noqa: E731
     assert (
         after("model_runtime_requests_total", endpoint="/v1/completions", status="200") == before_requests + 1
     )
@@ -78,7 +86,7 @@ def test_metrics_parse_and_move(demo_server: RuntimeProcess) -> None:
     assert after("model_runtime_time_to_first_token_seconds_count", model="demo") == before_ttft + 1
     assert after("model_runtime_inter_token_latency_seconds_count", model="demo") == before_itl + 5
     with pytest.raises(openai.BadRequestError):
-        demo_server.client().completions.create(model="demo", prompt="", max_tokens=2)
+        engine_server.client().completions.create(model="demo", prompt="", max_tokens=2)
     assert after("model_runtime_requests_total", endpoint="/v1/completions", status="400") >= 1
 
 

@@ -63,6 +63,17 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
             {},
             "scheduler: engine_stall_exit_s: 30.0 is below engine_stall_s",
         ),
+        ("model: {path: /m, engine: vllm}\n", {}, "vllm.python: model.engine is vllm, which needs"),
+        (
+            "model: {path: /m, engine: builtin, tensor_parallel_size: 2}\n",
+            {},
+            "model: tensor_parallel_size x pipeline_parallel_size is 2: the builtin engine runs",
+        ),
+        (
+            "model: {path: /m, engine: torch}\n",
+            {},
+            "model.engine: Input should be 'auto', 'builtin' or 'vllm'",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, named: str) -> None:

