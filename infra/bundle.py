@@ -109,7 +109,10 @@ def build(wheelhouse: Path, out: Path, cache: Path) -> tuple[Path, dict]:
         partial = Path(handle.name)
     try:
         # Wheels are compressed already: the fastest gzip level loses next to nothing.
-        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        # dereference: a link of the tree travels as the file it names (module_utils/readiness.py is
+        # model_runtime/readiness.py under the name Ansible's modules import), for boot.py unpacks plain
+        # files only.
+        with tarfile.open(partial, "w:gz", compresslevel=1, dereference=True) as tar:
             _add_bytes(tar, "bundle.json", json.dumps(manifest, indent=2).encode() + b"\n")
             # The two sets share a few wheels (Jinja2, PyYAML...): each goes in once.
             wheels = {w.name: w for source in (ops_wheels(cache), wheelhouse) for w in source.glob("*.whl")}
