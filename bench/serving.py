@@ -13,6 +13,9 @@ on the demo model and on a ~100M-parameter Llama with random weights. Prints tok
 then, for this server over each engine and for vLLM alone, tokens/s and the time to first token and
 inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent streams.
 Run: make bench   (or: .venv/bin/python bench/serving.py [--quick] [--no-vllm], or python -m bench.serving)
+
+On a machine with an NVIDIA GPU (no hub needed): `python -m bench.serving --device cuda --vllm-python
+VLLM_ENV/bin/python` runs the same comparison on a ~1B-parameter Llama with random weights.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def bench_prompts(tokenizer, count: int) -> list[str]:
 def generate_sequential(model, tokenizer, prompts: list[str], new_tokens: int) -> Throughput:
     started, tokens = time.perf_counter(), 0
     for prompt in prompts:
-        inputs = tokenizer(prompt, return_tensors="pt")
+        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         tokens += out.shape[1] - inputs["input_ids"].shape[1]
     return Throughput(len(prompts), tokens, time.perf_counter() - started, 0)
@@ -71,7 +74,9 @@ def generate_padded(model, tokenizer, prompts: list[str], new_tokens: int) -> Th
     tokenizer.padding_side = "left"
     started, tokens = time.perf_counter(), 0
     for first in range(0, len(prompts), CONCURRENCY):
-        inputs = tokenizer(prompts[first : first + CONCURRENCY], return_tensors="pt", padding=True)
+        inputs = tokenizer(prompts[first : first + CONCURRENCY], return_tensors="pt", padding=True).to(
+            model.device
+        )
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * inputs["input_ids"].shape[0]
     return Throughput(len(prompts), tokens, time.perf_counter() - started, 0)
@@ -176,7 +181,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def measure_transformers_serve(
-    folder: Path, prompts: list[str], new_tokens: int, tokenizer
+    folder: Path, prompts: list[str], new_tokens: int, tokenizer, device: str
 ) -> Throughput | None:
     """transformers' own server with continuous batching, its paged cache sized to what ours holds."""
     executable = shutil.which("transformers", path=str(Path(sys.executable).parent))
@@ -188,7 +193,7 @@ def measure_transformers_serve(
     port = free_port()
     command = [
         executable, "serve", str(folder), "--continuous-batching",
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "error",
+        "--host", "127.0.0.1", "--port", str(port), "--device", device, "--log-level", "error",
         "--cb-block-size", str(block), "--cb-num-blocks", str(blocks),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
@@ -213,19 +218,27 @@ def measure_transformers_serve(
 
 
 def measure_model(
-    label: str, folder: Path, prompt_count: int, new_tokens: int, workdir: Path, vllm: Path | None
+    label: str,
+    folder: Path,
+    prompt_count: int,
+    new_tokens: int,
+    workdir: Path,
+    vllm: Path | None,
+    device: str = "cpu",
 ) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # what each engine's auto picks there
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     prompts = bench_prompts(tokenizer, prompt_count)
     generate_padded(model, tokenizer, prompts[:2], 2)  # warm kernels
     with torch.inference_mode():
         a = generate_sequential(model, tokenizer, prompts, new_tokens)
         b = generate_padded(model, tokenizer, prompts, new_tokens)
     del model
-    ours = measure_ours(folder, prompts, new_tokens, workdir, {"scheduler": {"torch_threads": None}})
-    t16 = measure_transformers_serve(folder, prompts, new_tokens, tokenizer)
+    torch_engine = {"scheduler": {"torch_threads": None}, "model": {"device": device}}
+    ours = measure_ours(folder, prompts, new_tokens, workdir, torch_engine)
+    t16 = measure_transformers_serve(folder, prompts, new_tokens, tokenizer, device)
     row = {"label": label, "a": a, "b": b, "c1": ours[1], "c16": ours[16], "t16": t16, "levels": {}}
     row["levels"]["ours, torch engine"] = ours
     if vllm is not None:
@@ -295,12 +308,27 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="demo model only, fewer tokens (a smoke run)")
     parser.add_argument("--no-vllm", action="store_true", help="leave out vLLM (its environment is 3.4 GB)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: on an NVIDIA GPU, a ~1B-parameter Llama (random weights) instead of the CPU models",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        help="the interpreter of a vLLM environment (a GPU host's: its CUDA build); default: make vllm-env's",
+    )
     args = parser.parse_args()
     demo = ensure_demo_model()
-    vllm = None if args.no_vllm else ensure_vllm_env()
+    vllm = None if args.no_vllm else args.vllm_python or ensure_vllm_env()
     cache = REPO / ".cache"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.device == "cuda":
+            big = random_model(cache / "bench-llama-1b", demo, "llama", "1b")
+            print_table([measure_model("llama 1B (random)", big, 32, 64, work, vllm, "cuda")])
+            return
         # Several rounds of 16 per measurement: one round is too short to measure on a noisy machine.
         rows = [
             measure_model(

@@ -17,7 +17,7 @@ DEMO_MODEL = Path(os.environ.get("MODEL_RUNTIME_DEMO_MODEL", REPO / ".cache" / "
 
 
 def ensure_demo_model() -> Path:
-    """Build the demo model unless the cached build matches the current recipe (about 90 s)."""
+    """Build the demo model unless the cached build matches the current recipe (4 min on 2 cores)."""
     subprocess.run(
         [sys.executable, "-m", "model_runtime", "demo-model", str(DEMO_MODEL), "--if-missing"],
         check=True,
@@ -36,11 +36,13 @@ def random_model(
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_from)
     torch.manual_seed(seed)
     vocab = len(tokenizer)
-    # "100m": the benchmark's ~100M-parameter Llama (hidden 768, 12 layers, MLP 2560).
+    # "100m": the benchmark's ~100M-parameter Llama (hidden 768, 12 layers, MLP 2560); "1b": its GPU
+    # mode's ~1B (hidden 2048, 16 layers, MLP 8192).
     hidden, layers, heads, mlp = {
         "tiny": (64, 2, 4, 192),
         "medium": (512, 8, 8, 1536),
         "100m": (768, 12, 12, 2560),
+        "1b": (2048, 16, 16, 8192),
     }[size]
     if family == "llama":
         config = LlamaConfig(
@@ -50,7 +52,7 @@ def random_model(
             num_attention_heads=heads,
             num_key_value_heads=heads // 2,
             intermediate_size=mlp,
-            max_position_embeddings=1024 if size == "100m" else 512,
+            max_position_embeddings=1024 if size in ("100m", "1b") else 512,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
         )

@@ -126,13 +126,15 @@ class RuntimeProcess:
             return self.process.wait()
 
 
-def engine_pid(server_pid: int) -> int:
-    """A server's engine process: its child started by multiprocessing's spawn."""
+def engine_pid(server_pid: int, marker: str = "spawn_main") -> int:
+    """A server's engine process: its child whose command line has marker (the builtin engine's process
+    is started by multiprocessing's spawn; the vllm engine's runs model_runtime.vllm.worker, and vLLM's
+    engine core, titled VLLM::EngineCore, is that one's child)."""
     threads = Path(f"/proc/{server_pid}/task").iterdir()  # any thread may have started it
     for child in (c for thread in threads for c in (thread / "children").read_text().split()):
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+        if marker in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
             return int(child)
-    raise AssertionError(f"no engine process under {server_pid}")
+    raise AssertionError(f"no process with {marker!r} under {server_pid}")
 
 
 def metric_value(server: RuntimeProcess, name: str, **labels: str) -> float:

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML settings file (docs/settings.md)")
     serve.set_defaults(run=_serve)
 
-    demo = commands.add_parser("demo-model", help="build the small demo model (about 90 s on 2 cores)")
+    demo = commands.add_parser("demo-model", help="build the small demo model (about 4 minutes on 2 cores)")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--steps", type=int, default=400, help="training steps")
     demo.add_argument("--seed", type=int, default=0)

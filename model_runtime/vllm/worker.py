@@ -33,6 +33,7 @@ from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.sampling_params import SamplingParams as VllmSamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from model_runtime.engine.base import EngineInfo
 from model_runtime.logs import configure_logging
@@ -91,6 +92,7 @@ class VllmLoop:
         self.last_flush = time.monotonic()
         self.step_seconds = 0.05  # between rounds of outputs while busy: Retry-After's estimate
         self.stopping = asyncio.Event()
+        self.dead = False  # vLLM's engine died: this process ends without the Stopped answer
 
     # --- commands ------------------------------------------------------------------------------------------
     def command(self, message: ToEngine) -> None:
@@ -130,9 +132,15 @@ class VllmLoop:
                 raise EngineError("vLLM ended the request without a finish reason")
         except asyncio.CancelledError:
             pass  # ended by a cancel, a time limit or the stop, which said so; vLLM aborts it
-        except Exception as exc:
+        except Exception as exc:  # any failure of vLLM ends this choice with an error event
             log.exception("vLLM failed a request")
-            self.emit(choice, Event(choice.index, "", choice.generated, error=EngineError(f"vLLM: {exc}")))
+            failed = EngineError(f"the engine (vLLM) failed: {exc}")
+            self.emit(choice, Event(choice.index, "", choice.generated, error=failed))
+            if isinstance(exc, EngineDeadError):
+                # vLLM's engine is gone and will not come back in this process: end it, so that the
+                # HTTP process ends what is in flight and itself, for the service manager to restart.
+                self.dead = True
+                self.stopping.set()
         finally:
             self.running.discard(choice)
             self.admit()
@@ -244,7 +252,7 @@ async def serve(spec: VllmSpec, commands: Connection, events: Connection) -> Non
             parameters=folder_parameters(Path(spec.model.path)),
             load_seconds=round(time.monotonic() - started, 2),
         )
-    except Exception as exc:
+    except Exception as exc:  # whatever stops vLLM's start, the HTTP process reports it
         log.exception("vLLM failed to start")
         events.send(Failed(f"{type(exc).__name__}: {exc}"))
         if engine is not None:
@@ -256,6 +264,9 @@ async def serve(spec: VllmSpec, commands: Connection, events: Connection) -> Non
     watch = loop.create_task(vllm_loop.watch())
     await vllm_loop.stopping.wait()
     watch.cancel()
+    if vllm_loop.dead:
+        vllm_loop.flush()
+        sys.exit(1)
     vllm_loop.close()
     await asyncio.sleep(0)  # the cancelled generations run their ends (vLLM aborts them)
     engine.shutdown()

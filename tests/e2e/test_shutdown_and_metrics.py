@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.server import RuntimeProcess, metric_value
+from harness.server import RuntimeProcess, engine_pid, metric_value
 from tests.support.engines import ENGINES, engine_settings
 
 pytestmark = pytest.mark.e2e
@@ -96,17 +96,24 @@ def test_request_id_is_echoed(demo_server: RuntimeProcess) -> None:
     assert len(httpx.get(f"{demo_server.base_url}/health/live").headers["x-request-id"]) == 32
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_dead_engine_ends_every_request_with_an_error_then_the_process(
-    medium_llama: Path, tmp_path: Path
+    engine: str, medium_llama: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    server = RuntimeProcess(medium_llama, tmp_path, name="slow").start()
+    server = RuntimeProcess(medium_llama, tmp_path, engine_settings(engine, request), name="slow").start(
+        timeout=600
+    )
     try:
         stream = server.client().completions.create(
             model="slow", prompt="Hi", max_tokens=300, stream=True, extra_body={"ignore_eos": True}
         )
         chunks = iter(stream)
         next(chunks)
-        os.kill(server.engine_pid(), signal.SIGKILL)
+        if engine == "builtin":
+            os.kill(server.engine_pid(), signal.SIGKILL)
+        else:  # vLLM's engine core dies under our vLLM process, which then ends itself
+            worker = engine_pid(server.process.pid, "model_runtime.vllm.worker")
+            os.kill(engine_pid(worker, "EngineCore"), signal.SIGKILL)  # vLLM titles its processes
         # The stream ends with the error event, not a cut connection (nor a hang).
         with pytest.raises(openai.APIError) as ended:
             list(chunks)
