@@ -135,7 +135,7 @@ def measure_vllm_alone(
     folder: Path, prompts: list[str], new_tokens: int, python: Path, workdir: Path
 ) -> dict[int, Throughput] | None:
     """vLLM's own OpenAI server, with the engine settings our vllm engine gives it."""
-    port, scheduler, kv = free_port(), SchedulerSettings(), vllm_settings(python, eager=False)["vllm"]
+    port, scheduler, ours = free_port(), SchedulerSettings(), vllm_settings(python, eager=False)["vllm"]
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
         "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
@@ -144,7 +144,7 @@ def measure_vllm_alone(
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(
-        HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_CPU_KVCACHE_SPACE=str(kv["cpu_kv_cache_gib"])
+        HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_CPU_KVCACHE_SPACE=str(ours["cpu_kv_cache_gib"])
     )
     with (workdir / "vllm-alone.log").open("w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

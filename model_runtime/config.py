@@ -56,11 +56,11 @@ class ModelSettings(_Section):
     tensor_parallel_size: int = Field(
         default=1, gt=0, description="GPUs one copy of the model is split across, layer by layer (vllm)"
     )
-    load_timeout_s: float = Field(
-        default=900.0, gt=0, description="Longest the engine may take to load, compile and warm up the model"
-    )
     pipeline_parallel_size: int = Field(
         default=1, gt=0, description="GPUs the model's layers are spread over in stages (vllm)"
+    )
+    load_timeout_s: float = Field(
+        default=900.0, gt=0, description="Longest the engine may take to load, compile and warm up the model"
     )
 
     @field_validator("device")
