@@ -44,8 +44,11 @@ from harness.load import Load, Throughput, percentile
 from harness.models import ensure_demo_model, random_model
 from harness.server import API_KEY, RuntimeProcess, free_port
 from harness.vllm_env import ensure_vllm_env, vllm_settings
-from model_runtime.config import SchedulerSettings
+from model_runtime.config import LoggingSettings, ModelSettings, SchedulerSettings, VllmSettings
 from model_runtime.corpus import load_corpus
+from model_runtime.vllm.launch import vllm_environment
+from model_runtime.vllm.params import cli_flags, engine_args
+from model_runtime.vllm.spec import VllmSpec
 
 CONCURRENCY = 16
 LEVELS = (1, 16, 64)  # the concurrent streams of the latency table
@@ -135,17 +138,16 @@ def measure_vllm_alone(
     folder: Path, prompts: list[str], new_tokens: int, python: Path, workdir: Path
 ) -> dict[int, Throughput] | None:
     """vLLM's own OpenAI server, with the engine settings our vllm engine gives it."""
-    port, scheduler, ours = free_port(), SchedulerSettings(), vllm_settings(python, eager=False)["vllm"]
-    command = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-        "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
-        "--max-num-seqs", str(scheduler.max_batch_size),
-        "--max-num-batched-tokens", str(scheduler.max_prefill_tokens), "--generation-config", "vllm",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_CPU_KVCACHE_SPACE=str(ours["cpu_kv_cache_gib"])
+    settings = VllmSettings(**vllm_settings(python, eager=False)["vllm"])
+    spec = VllmSpec(
+        ModelSettings(path=str(folder), served_name="bench"), SchedulerSettings(), settings, LoggingSettings()
     )
+    port = free_port()
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", *cli_flags(engine_args(spec)),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    env = vllm_environment(spec, dict(os.environ))
     with (workdir / "vllm-alone.log").open("w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

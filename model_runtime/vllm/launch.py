@@ -37,13 +37,11 @@ def package_path() -> Path:
     return folder
 
 
-def worker_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
-    """The worker's environment: ours, without our import path, plus vLLM's settings."""
+def vllm_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
+    """vLLM's environment for the spec: base without our import path, offline and quiet (models come
+    from our registry, nothing phones home), its CPU cache and its device."""
     env = {k: v for k, v in base.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(
-        PYTHONPATH=str(package_path()),
-        PYTHONUNBUFFERED="1",
-        # Offline and quiet: models come from our registry, nothing phones home.
         HF_HUB_OFFLINE="1",
         VLLM_NO_USAGE_STATS="1",
         DO_NOT_TRACK="1",
@@ -53,6 +51,11 @@ def worker_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
     if device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
     return env
+
+
+def worker_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: vLLM's, and this package through its link folder."""
+    return {**vllm_environment(spec, base), "PYTHONPATH": str(package_path()), "PYTHONUNBUFFERED": "1"}
 
 
 class WorkerProcess:

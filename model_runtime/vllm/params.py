@@ -44,6 +44,21 @@ def engine_args(spec: VllmSpec) -> dict[str, Any]:
     return args
 
 
+def cli_flags(args: dict[str, Any]) -> list[str]:
+    """engine_args as vLLM's own server takes them on its command line (a benchmark runs vLLM alone with
+    the very settings this engine gives it)."""
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 def sampling_args(params: SamplingParams, prompt_tokens: int, max_context: int) -> dict[str, Any]:
     """vLLM's SamplingParams arguments for one choice. Every parameter the API accepts has its
     counterpart; generation ends at the context limit with "length", as the builtin engine's does."""

@@ -16,7 +16,7 @@ from model_runtime.engine.loading import ModelFormat
 from model_runtime.scheduler.events import TokenLogprobs
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.vllm.choice import choose_engine
-from model_runtime.vllm.params import engine_args, event_of, sampling_args
+from model_runtime.vllm.params import cli_flags, engine_args, event_of, sampling_args
 from model_runtime.vllm.spec import VllmSpec
 
 pytestmark = pytest.mark.unit
@@ -137,3 +137,13 @@ def test_the_engine_choice(tmp_path: Path) -> None:
             choose_engine(ModelSettings(path="/m", engine="vllm"), on, folder(kind))
     with pytest.raises(ModelLoadError, match="only the vllm engine can split a model"):
         choose_engine(ModelSettings(path="/m", pipeline_parallel_size=2), on, folder("safetensors"))
+
+
+def test_vllm_alone_gets_the_same_settings_on_its_command_line() -> None:
+    flags = cli_flags(engine_args(spec(max_context=256)))
+    assert flags[:4] == ["--model", "/models/m", "--tokenizer", "/models/m"]
+    assert " ".join(flags).count("--max-num-seqs 16") == 1
+    assert "--served-model-name m" in " ".join(flags)
+    assert "--max-model-len 256" in " ".join(flags)
+    assert "--enforce-eager" not in flags  # a false flag is left out, a true one given alone
+    assert cli_flags({"enforce_eager": True}) == ["--enforce-eager"]
