@@ -9,7 +9,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-COLUMNS = ("host", "instance", "runtime", "model", "since", "run", "state", "")
+COLUMNS = ("host", "instance", "runtime", "engine", "model", "since", "run", "state", "")
+# What a release is made of, each with what an instance ran when its record was written before that
+# part was recorded (None: nothing to assume). An empty wanted part accepts anything.
+RELEASE = {
+    "runtime_version": None,
+    "model": None,
+    "model_version": None,
+    "engine": "auto",
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 1,
+}
 # Each load balancer's view of its backend: balancer -> server -> {"status": "UP", "sessions": 0}.
 Pools = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
@@ -20,6 +30,26 @@ def pool_status(server: str, pools: Pools) -> str:
     if len(set(seen.values())) == 1:
         return next(iter(seen.values()))
     return ", ".join(f"{balancer} {status}" for balancer, status in sorted(seen.items())) or "-"
+
+
+def differs(entry: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether an instance's recorded release is not the wanted one (the playbooks' parts are text or
+    numbers alike: compared as text)."""
+    return any(
+        str(desired[key]) != str(entry.get(key, assumed))
+        for key, assumed in RELEASE.items()
+        if desired.get(key) not in (None, "")
+    )
+
+
+def engine(release: Mapping[str, Any]) -> str:
+    """`vllm`, or `vllm tp2 pp2` for a model spread over several GPUs."""
+    sizes = [
+        f"{label}{release[key]}"
+        for key, label in (("tensor_parallel_size", "tp"), ("pipeline_parallel_size", "pp"))
+        if str(release.get(key, 1)) != "1"
+    ]
+    return " ".join([str(release.get("engine", RELEASE["engine"])), *sizes])
 
 
 def rows(
@@ -36,11 +66,7 @@ def rows(
             continue
         for instance in sorted(instances, key=int):
             entry = instances[instance]
-            differs = any(
-                desired.get(key) not in (None, "", entry.get(key))
-                for key in ("runtime_version", "model", "model_version")
-            )
-            table.append({"host": host, "instance": instance, **entry, "differs": differs})
+            table.append({"host": host, "instance": instance, **entry, "differs": differs(entry, desired)})
     if pools is not None:
         for row in table:
             row["balancers"] = pool_status(f"{row['host']}-{row['instance']}", pools)
@@ -61,6 +87,7 @@ def render(
             row["host"],
             str(row["instance"]),
             row.get("runtime_version", "-"),
+            engine(row) if row["instance"] != "-" else "-",
             f"{row.get('model', '-')}@{row.get('model_version', '-')}",
             row.get("since", "-"),
             row.get("run", "-"),
@@ -75,7 +102,7 @@ def render(
     out = ["  ".join(h.upper().ljust(w) for h, w in zip(columns, widths, strict=True)).rstrip()]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     runtime, model = desired.get("runtime_version") or "-", desired.get("model") or "-"
-    wanted = f"{runtime} serving {model}@{desired.get('model_version') or 'any'}"
+    wanted = f"{runtime} ({engine(desired)}) serving {model}@{desired.get('model_version') or 'any'}"
     differing = sum(1 for row in table if row["differs"])
     out.append(f"desired: {wanted}; {differing} of {len(table)} instances differ")
     return "\n".join(out)

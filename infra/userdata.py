@@ -57,11 +57,14 @@ def boot_config(settings: StackConfig, bucket: str, region: str) -> dict[str, An
         "model_runtime_base_port": fleet.runtime_port,
         # The role's default settings, with the stack's on top (checked by the runtime's model).
         "model_runtime_settings": _merge(
-            {"scheduler": {}, "logging": {"json": True}}, fleet.runtime_settings
+            {"scheduler": {}, "logging": {"json": True}}, fleet.instance_settings
         ),
+        **fleet.engine_vars,
     }
     if fleet.torch_requirement:
         role_vars["model_runtime_torch_requirement"] = fleet.torch_requirement
+    if fleet.vllm_requirement:
+        role_vars["model_runtime_vllm_requirement"] = fleet.vllm_requirement
     return {
         "region": region,
         "bucket": bucket,

@@ -30,6 +30,9 @@ ROLE_OWNED = {
     "server": ("host", "port", "api_keys_file"),
     "vllm": ("python",),  # the environment the role builds on the instance
 }
+# runtimeSettings.model keys that reach the instances as the role's variables (model_runtime_<key>):
+# the engine and its parallel sizes are part of the release the role records and a rollback restores.
+RELEASE_KEYS = ("engine", "tensor_parallel_size", "pipeline_parallel_size")
 
 
 class RefreshConfig(Section):
@@ -118,6 +121,7 @@ class FleetConfig(Section):
     )
     boot_packages: Strings = ("python3-boto3", "python3-venv")
     torch_requirement: str | None = None
+    vllm_requirement: str | None = None
     # As given: the role merges them over its own defaults on the instance.
     runtime_settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -165,6 +169,21 @@ class FleetConfig(Section):
         except ScheduleError as exc:
             raise Problem(str(exc), key="schedules") from None
         return self
+
+    @property
+    def engine_vars(self) -> dict[str, Any]:
+        """The role's variables for the engine: RELEASE_KEYS as given, and the GPUs each instance owns
+        when the model is spread over several."""
+        model = self.runtime_settings.get("model", {})
+        engine: dict[str, Any] = {f"model_runtime_{key}": model[key] for key in RELEASE_KEYS if key in model}
+        devices = runtime_settings(self.runtime_settings).model.gpus
+        return {**engine, "model_runtime_gpus_per_instance": devices} if devices > 1 else engine
+
+    @property
+    def instance_settings(self) -> dict[str, Any]:
+        """runtimeSettings less RELEASE_KEYS, which travel as the role's variables (engine_vars)."""
+        model = {k: v for k, v in self.runtime_settings.get("model", {}).items() if k not in RELEASE_KEYS}
+        return {**self.runtime_settings, "model": model}
 
     @property
     def desired_capacity(self) -> int:

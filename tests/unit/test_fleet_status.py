@@ -27,6 +27,22 @@ def test_each_instance_shows_what_the_balancers_say_of_it() -> None:
 def test_the_balancers_column_appears_only_with_their_view() -> None:
     assert "BALANCERS" not in render(RECORDS, DESIRED)
     table = render(RECORDS, DESIRED, pools={}).splitlines()
-    assert table[0].split() == ["HOST", "INSTANCE", "RUNTIME", "MODEL", "SINCE", "RUN", "STATE", "BALANCERS"]
+    assert table[0].split() == [
+        "HOST", "INSTANCE", "RUNTIME", "ENGINE", "MODEL", "SINCE", "RUN", "STATE", "BALANCERS"
+    ]  # fmt: skip
     assert table[1].split()[-1] == "-"  # no load balancer in the inventory
     assert json.loads(render(RECORDS, DESIRED, as_json=True, pools={}))["instances"][0]["balancers"] == "-"
+
+
+def test_the_engine_and_its_parallel_sizes_are_part_of_the_release() -> None:
+    vllm = {**RELEASE, "engine": "vllm", "tensor_parallel_size": 2, "pipeline_parallel_size": 1}
+    records = {"a": {"instances": {"1": RELEASE, "2": vllm}}}
+    # The playbooks hand over numbers as text or as numbers: either way the same release.
+    wanted = {**DESIRED, "engine": "vllm", "tensor_parallel_size": "2", "pipeline_parallel_size": "1"}
+    assert [row["differs"] for row in rows(records, wanted)] == [True, False]
+    # A record from before engines were recorded ran on auto, with one device.
+    before = {**DESIRED, "engine": "auto", "tensor_parallel_size": 1, "pipeline_parallel_size": 1}
+    assert [row["differs"] for row in rows(records, before)] == [False, True]
+    table = render(records, wanted).splitlines()
+    assert [line.split()[3:5] for line in table[1:3]] == [["auto", "demo@v1"], ["vllm", "tp2"]]
+    assert table[-1] == "desired: 0.2.0 (vllm tp2) serving demo@any; 1 of 2 instances differ"

@@ -303,6 +303,29 @@ def test_an_instance_leaving_the_group_may_finish_its_longest_request(
         assert boot_config(run)["vars"]["model_runtime_settings"]["scheduler"] == settings["scheduler"]
 
 
+def test_the_engine_and_its_parallel_sizes_reach_the_role_as_part_of_the_release() -> None:
+    model = {"engine": "vllm", "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "dtype": "bfloat16"}
+    lock = "{{ lookup('ansible.builtin.file', 'requirements/vllm-cu128.lock') }}"
+    run = run_program(
+        "dev",
+        {
+            "fleet.instanceTypes": ["g6.12xlarge"],
+            "fleet.runtimeSettings": {"model": model},
+            "fleet.vllmRequirement": lock,
+        },
+    )
+    role_vars = boot_config(run)["vars"]
+    assert role_vars["model_runtime_engine"] == "vllm"
+    assert role_vars["model_runtime_tensor_parallel_size"] == 2
+    assert role_vars["model_runtime_pipeline_parallel_size"] == 2
+    assert role_vars["model_runtime_gpus_per_instance"] == 4  # the instance's one instance owns them
+    assert role_vars["model_runtime_vllm_requirement"] == lock
+    # The rest stays runtime settings; the role refuses these keys there (they are the release's).
+    assert role_vars["model_runtime_settings"]["model"] == {"dtype": "bfloat16"}
+    plain = boot_config(run_program("dev"))["vars"]
+    assert not {"model_runtime_engine", "model_runtime_gpus_per_instance"} & plain.keys()
+
+
 def test_the_bucket_is_versioned_encrypted_private_and_tls_only() -> None:
     run = program("prod")
     bucket = run.one("aws:s3/bucket:Bucket")
