@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
 
@@ -55,8 +56,11 @@ vllm-env: $(BIN)/.installed
 
 # The README's test command (.ci/run runs it): the linters and type checks, then the suite.
 # pytest exits 5 when a selection collects no test: nothing failed, so that is success.
+# TEST_WORKERS: pytest-xdist workers, each taking whole test modules (0: none, all in this process);
+# tests/conftest.py gives them the longest modules first.
 test: lint vllm-env
-	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) \
+		|| [ $$? -eq 5 ]
 
 # ruff, ansible-lint, mypy on the runtime package (mypy.ini), the layer rules (.importlinter).
 lint: venv

@@ -11,18 +11,19 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from harness import REPO
+from harness.cache import CACHE, one_builder
 
-DEMO_MODEL = Path(os.environ.get("MODEL_RUNTIME_DEMO_MODEL", REPO / ".cache" / "demo-model"))
+DEMO_MODEL = Path(os.environ.get("MODEL_RUNTIME_DEMO_MODEL", CACHE / "demo-model"))
 
 
 def ensure_demo_model() -> Path:
     """Build the demo model unless the cached build matches the current recipe (4 min on 2 cores)."""
-    subprocess.run(
-        [sys.executable, "-m", "model_runtime", "demo-model", str(DEMO_MODEL), "--if-missing"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    with one_builder("demo-model"):
+        subprocess.run(
+            [sys.executable, "-m", "model_runtime", "demo-model", str(DEMO_MODEL), "--if-missing"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return DEMO_MODEL
 
 

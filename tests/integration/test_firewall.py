@@ -116,7 +116,7 @@ def test_a_source_that_is_not_an_address_is_refused_before_any_change(
 ) -> None:
     rules = hosts.hosts["gpu"].prefix / "etc/nftables.d/model-runtime.nft"
     before = rules.read_text()
-    done = run(hosts, tmp_path, firewall_instance_sources=["10.231.0.32 } accept; flush ruleset; #"])
+    done = run(hosts, tmp_path, firewall_instance_sources=[f"{SUBNET}.32 }} accept; flush ruleset; #"])
     assert done.returncode != 0
     assert "firewall_instance_sources" in done.output
     assert done.changed() == 0

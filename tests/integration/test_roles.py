@@ -1,5 +1,6 @@
 """Roles checked without a fleet: the GPU driver role where there is no GPU and in check mode with a
-GPU fact, the systemd unit, the example inventory, syntax, and ansible-lint's production profile."""
+GPU fact, the systemd unit, the example inventory and syntax (ansible-lint's production profile runs in
+`make lint`, which `make test` runs first)."""
 
 from __future__ import annotations
 
@@ -189,14 +190,6 @@ def test_playbook_syntax(name: str) -> None:
     for inventory in (LOCAL, REPO / "inventories" / "example"):
         run = playbook(name, inventory, None, "--syntax-check")
         assert run.returncode == 0, run.output
-
-
-def test_ansible_lint_production_profile() -> None:
-    lint = subprocess.run(
-        [str(BIN / "ansible-lint"), "--profile", "production", "--format", "pep8", "--nocolor"],
-        capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "NO_COLOR": "1"},
-    )  # fmt: skip
-    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from harness import REPO
+from harness.cache import CACHE, one_builder
 
-MEMBERS = Path(os.environ.get("MODEL_RUNTIME_ENSEMBLE_MEMBERS", REPO / ".cache" / "ensemble-members"))
+MEMBERS = Path(os.environ.get("MODEL_RUNTIME_ENSEMBLE_MEMBERS", CACHE / "ensemble-members"))
 COUNT = 3
 STEPS = 40  # enough to write corpus words; the tests check mechanics, the bench checks quality
 
@@ -24,12 +24,13 @@ STEPS = 40  # enough to write corpus words; the tests check mechanics, the bench
 @functools.cache  # checked once per test session, whichever module asks first
 def ensure_ensemble_members() -> Path:
     """The cached members folder: member-0..2, the shared tokenizer, ensemble.json (their average)."""
-    subprocess.run(
-        [sys.executable, "-m", "model_runtime", "demo-model", str(MEMBERS), "--members", str(COUNT),
-         "--method", "bagging", "--steps", str(STEPS), "--if-missing"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    with one_builder("ensemble-members"):
+        subprocess.run(
+            [sys.executable, "-m", "model_runtime", "demo-model", str(MEMBERS), "--members", str(COUNT),
+             "--method", "bagging", "--steps", str(STEPS), "--if-missing"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     return MEMBERS
 
 

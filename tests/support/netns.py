@@ -23,8 +23,11 @@ from pathlib import Path
 
 import yaml
 
-BRIDGE = "mrtbr0"
-SUBNET = "10.231.0"
+# The pytest-xdist worker this process is (0 without workers): each worker's hosts get a bridge, a
+# subnet and names of their own, so that two modules with hosts can run at once.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+BRIDGE = f"mrtbr{WORKER}"
+SUBNET = f"10.231.{WORKER}"
 CLONE_NEWNET = 0x40000000  # <sched.h>; os.setns only exists from Python 3.12
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -53,7 +56,7 @@ class TestHost:
 
     @property
     def namespace(self) -> str:
-        return f"mrt-{self.name}"
+        return f"mrt{WORKER}-{self.name}"
 
     @property
     def prefix(self) -> Path:
@@ -99,7 +102,7 @@ class TestHosts:
             self._wait_ssh(host)
 
     def _network(self, host: TestHost, index: int) -> None:
-        outer, inner = f"mrt{index}h", f"mrt{index}n"
+        outer, inner = f"mrt{WORKER}-{index}h", f"mrt{WORKER}-{index}n"  # at most 15 characters
         _run("ip", "netns", "add", host.namespace)
         _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         _run("ip", "link", "set", outer, "master", BRIDGE)
