@@ -20,6 +20,8 @@ from model_runtime.errors import OperatorError
 ENV_PREFIX = "MODEL_RUNTIME_"
 # Keys come from this variable rather than a flag: a key on the command line would show in `ps`.
 API_KEYS_ENV = "MODEL_RUNTIME_API_KEYS"
+# Above this share of a GPU, vLLM leaves no room for a second copy of the model (a hot swap beside).
+HALF = 0.5
 ADMIN_KEYS_ENV = "MODEL_RUNTIME_ADMIN_KEYS"
 
 
@@ -118,6 +120,12 @@ class ServerSettings(_Section):
         default=None,
         description=f"Keys of the admin endpoints (hot swap), one per line, or {ADMIN_KEYS_ENV}=k1,k2; "
         "without any, /admin is off",
+    )
+    hot_swap: Literal["auto", "beside", "restart"] = Field(
+        default="auto",
+        description="How a hot swap loads the new version: beside the old one (no pause; room for two "
+        "copies), restart (the instance drains, out of its pool, and the new version replaces the old), "
+        "or auto: beside, unless two copies cannot fit (vLLM on a GPU with gpu_memory_utilization above 0.5)",
     )
     tls_certfile: Path | None = Field(
         default=None, description="PEM certificate: both listeners serve TLS with it (and tls_keyfile)"
@@ -277,6 +285,18 @@ class Settings(_Section):
         if self.model.engine == "vllm" and self.vllm.python is None:
             raise ValueError(
                 "vllm.python: model.engine is vllm, which needs the interpreter of vLLM's environment"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_for_a_swap_beside(self) -> Settings:
+        share = self.vllm.gpu_memory_utilization
+        on_gpu = self.model.engine == "vllm" and self.model.device != "cpu"
+        if self.server.hot_swap == "beside" and on_gpu and share > HALF:
+            raise ValueError(
+                f"server.hot_swap: beside loads a second copy of the model next to the first, but "
+                f"vllm.gpu_memory_utilization {share:g} gives one copy that share of each GPU: set hot_swap "
+                f"to auto or restart (a drained restart), or gpu_memory_utilization to {HALF:g} or less"
             )
         return self
 

@@ -1,8 +1,10 @@
 """`model-runtime doctor --config FILE`: is this host fit to serve the instance that FILE configures?
 
 Checks the NVIDIA driver (skipped where the PCI bus shows no NVIDIA device), the GPU as torch sees it,
-the runtime version (installed, and running), the model folder against its manifest, the instance's
-readiness, and free disk on the model's filesystem. Prints one JSON report and exits 0 (all ok), 1 (a
+the engine the instance gets and the builds it runs on (driver <-> CUDA <-> torch <-> vLLM, see
+compat.py), whether that engine implements the model's architecture, the runtime version (installed,
+and running), the model folder against its manifest, the instance's readiness, and free disk on the
+model's filesystem. Prints one JSON report and exits 0 (all ok), 1 (a
 warning) or 2 (a failure), so that scripts and `fab doctor` can act on it. Every check stands alone:
 one that cannot run (nothing listening, no manifest) says why in its own line.
 """
@@ -23,10 +25,12 @@ from typing import Literal
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_runtime import __version__
+from model_runtime.compat import GpuHost, check_architecture, check_builds, driver_cuda
 from model_runtime.config import ConfigError, Settings, load_settings
 from model_runtime.readiness import answer, ready_url
 from model_runtime.registry.manifest import ManifestError, read_manifest, verify_folder
 from model_runtime.registry.resolve import PREFIX as REGISTRY_PREFIX
+from model_runtime.vllm.probe import VllmBuild, VllmProbeError, probe
 
 Status = Literal["ok", "warn", "fail", "skip"]
 EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
@@ -47,6 +51,7 @@ class Limits:
     min_free_gb: float = 10.0  # warn below
     fail_free_gb: float = 1.0  # fail below
     timeout_s: float = 5.0  # per HTTP probe and per nvidia-smi call
+    probe_timeout_s: float = 120.0  # for vLLM's interpreter to import vLLM and say what it holds
 
 
 def overall(checks: list[Check]) -> Literal["ok", "warn", "fail"]:
@@ -107,6 +112,58 @@ def check_torch_gpu(gpus: list[str], device: str) -> Check:
         )
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return Check(name, "ok", f"torch {torch.__version__}, CUDA {torch.version.cuda}: {', '.join(names)}")
+
+
+# --- the engine -----------------------------------------------------------------------------------------
+# Model formats whose config.json names the architecture an engine must implement.
+ARCHITECTURE_FORMATS = frozenset({"safetensors", "pytorch", "int8"})
+
+
+def gpu_host(gpus: list[str], nvidia_smi: str | None, timeout_s: float) -> GpuHost:
+    """The GPUs and the newest CUDA their driver supports (from nvidia-smi's header)."""
+    if not gpus or nvidia_smi is None:
+        return GpuHost(len(gpus), None)
+    try:
+        done = subprocess.run([nvidia_smi], capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return GpuHost(len(gpus), None)
+    return GpuHost(len(gpus), driver_cuda(done.stdout))
+
+
+def engine_checks(settings: Settings, host: GpuHost, probe_timeout_s: float) -> list[Check]:
+    """Which engine the instance gets, whether the builds under it fit the host, and whether it
+    implements the model's architecture."""
+    import torch  # only here: the other checks run without it
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from model_runtime.engine.base import ModelLoadError
+    from model_runtime.engine.loading import detect_format
+    from model_runtime.vllm.choice import choose_engine
+
+    if settings.model.path.startswith(REGISTRY_PREFIX):
+        skipped = f"{settings.model.path}: pulled at the start; run doctor on its folder to check it"
+        return [Check("engine", "skip", skipped)]
+    vllm: VllmBuild | None = None
+    if settings.vllm.python is not None and settings.model.engine != "builtin":
+        try:
+            vllm = probe(settings.vllm.python, probe_timeout_s)
+        except VllmProbeError as exc:
+            severity: Status = "fail" if settings.model.engine == "vllm" else "warn"
+            return [Check("engine", severity, f"vllm.python: {exc}")]
+    try:
+        fmt = detect_format(Path(settings.model.path))
+        engine = choose_engine(settings.model, settings.vllm, fmt)
+    except ModelLoadError as exc:
+        return [Check("engine", "fail", str(exc))]
+    status, detail = check_builds(host, engine, torch.__version__, torch.version.cuda, vllm)
+    checks = [Check("engine", status, detail)]
+    if fmt.kind in ARCHITECTURE_FORMATS:
+        config = json.loads((fmt.folder / "config.json").read_text())
+        status, detail = check_architecture(
+            config.get("architectures") or [], engine, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(), vllm
+        )
+        checks.append(Check("model_architecture", status, detail))
+    return checks
 
 
 # --- the runtime and the instance -----------------------------------------------------------------------
@@ -190,7 +247,7 @@ def check_ready(base_url: str, timeout_s: float, tls: ssl.SSLContext | None = No
         served = ", ".join(f"{n}@{v}" for n, v in models.items()) or "no models"
         return Check(name, "ok", f"ready, serving {served}")
     # Loading and draining pass on their own; a failed model does not.
-    severity: Status = "warn" if phase in ("loading", "draining") else "fail"
+    severity: Status = "warn" if phase in ("loading", "draining", "swapping") else "fail"
     return Check(
         name,
         severity,
@@ -255,6 +312,7 @@ def diagnose(
     return [
         check_driver(gpus, nvidia_smi, limits.timeout_s),
         check_torch_gpu(gpus, settings.model.device),
+        *engine_checks(settings, gpu_host(gpus, nvidia_smi, limits.timeout_s), limits.probe_timeout_s),
         check_version(__version__, running_version(metrics_url(settings), limits.timeout_s, tls), base_url),
         check_manifest(settings),
         check_ready(base_url, limits.timeout_s, tls),

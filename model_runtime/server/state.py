@@ -32,7 +32,7 @@ from model_runtime.vllm.choice import choose_engine
 from model_runtime.vllm.launch import VllmLaunch
 from model_runtime.vllm.spec import VllmSpec
 
-Phase = Literal["loading", "ready", "draining", "failed"]
+Phase = Literal["loading", "ready", "draining", "swapping", "failed"]
 T = TypeVar("T")
 
 
@@ -47,6 +47,8 @@ class ServedModel:
     tokenizer: PreTrainedTokenizerBase
     scheduler: EngineProcess
     hook: RequestHook
+    settings: ModelSettings  # what it was loaded from (a failed drained-restart swap loads it again)
+    engine: Literal["builtin", "vllm"]
     created: int = field(default_factory=lambda: int(time.time()))
     # What else ends with the engine (the vllm engine's metrics files and their reader).
     on_close: Callable[[], None] = lambda: None
@@ -78,7 +80,8 @@ def start_served_model(
     model = materialize(model, settings.registry)
     version = model.version or "unversioned"
     fmt = detect_format(Path(model.path))
-    launch, on_close = _engine_launch(settings, model, fmt, metrics, plugin)
+    engine_kind = choose_engine(model, settings.vllm, fmt)
+    launch, on_close = _engine_launch(settings, model, fmt, engine_kind, metrics, plugin)
     engine = EngineProcess(settings.scheduler, launch, metrics.for_model(model.name))
     try:
         info = engine.start(dispatch, model.load_timeout_s)
@@ -89,15 +92,22 @@ def start_served_model(
     tokenizer = load_tokenizer(fmt, model.trust_remote_code)
     metrics.load_seconds.labels(model=model.name, version=version).set(info.load_seconds)
     hook = plugin.hook(fmt, model.name)
-    return ServedModel(model.name, version, info, tokenizer, engine, hook, on_close=on_close)
+    return ServedModel(
+        model.name, version, info, tokenizer, engine, hook, model, engine_kind, on_close=on_close
+    )
 
 
 def _engine_launch(
-    settings: Settings, model: ModelSettings, fmt: ModelFormat, metrics: RuntimeMetrics, plugin: Plugin
+    settings: Settings,
+    model: ModelSettings,
+    fmt: ModelFormat,
+    engine: Literal["builtin", "vllm"],
+    metrics: RuntimeMetrics,
+    plugin: Plugin,
 ) -> tuple[Launch, Callable[[], None]]:
     """How the engine process of model starts (vLLM's, or this package's with the plugin's formats), and
     what ends with it."""
-    if choose_engine(model, settings.vllm, fmt) == "builtin":
+    if engine == "builtin":
         spec = WorkerSpec(
             model, settings.scheduler, settings.logging, plugin.engine_loaders(), settings.registry
         )

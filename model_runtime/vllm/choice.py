@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from model_runtime.config import ModelSettings, VllmSettings
+from model_runtime.config import HALF, ModelSettings, VllmSettings
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.engine.loading import ModelFormat
 
@@ -20,8 +20,9 @@ def choose_engine(model: ModelSettings, vllm: VllmSettings, fmt: ModelFormat) ->
     Raises ModelLoadError for a choice that cannot serve this folder here."""
     engine = model.engine
     if engine == "auto":
-        on_gpu = model.device != "cpu" and torch.cuda.is_available()
-        engine = "vllm" if vllm.python is not None and fmt.kind in VLLM_FORMATS and on_gpu else "builtin"
+        engine = (
+            "vllm" if vllm.python is not None and fmt.kind in VLLM_FORMATS and on_gpu(model) else "builtin"
+        )
     if engine == "vllm" and not (vllm.python and vllm.python.is_file()):
         raise ModelLoadError(
             f"vllm.python: {vllm.python} is not a file (vLLM's environment is not installed)"
@@ -37,3 +38,13 @@ def choose_engine(model: ModelSettings, vllm: VllmSettings, fmt: ModelFormat) ->
             "engine can split a model across; this host has no vLLM for it (vllm.python, a CUDA device)"
         )
     return engine
+
+
+def on_gpu(model: ModelSettings) -> bool:
+    return model.device != "cpu" and torch.cuda.is_available()
+
+
+def two_copies_fit(engine: str, model: ModelSettings, vllm: VllmSettings) -> bool:
+    """Whether a second copy of the model can load beside the first (a hot swap beside): not when vLLM
+    takes more than half of a GPU's memory for one."""
+    return not (engine == "vllm" and on_gpu(model) and vllm.gpu_memory_utilization > HALF)

@@ -1,11 +1,14 @@
 """Hot swap under constant load: to a new version with zero failed requests, to a broken version
-with the old one still serving (zero failed requests), and by SIGHUP after a config change."""
+with the old one still serving (zero failed requests), and by SIGHUP after a config change; then by
+drained restart (server.hot_swap: restart, what auto does where two copies cannot fit): out of the
+pool meanwhile, the request in flight finished, the new version serving, or the old one again."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -35,16 +38,27 @@ def versions(demo_model: Path, tmp_path: Path) -> dict[str, Path]:
     return made
 
 
-@pytest.fixture
-def server(demo_model: Path, tmp_path: Path):
+def swapping_server(demo_model: Path, tmp_path: Path, hot_swap: str) -> RuntimeProcess:
     keys = tmp_path / "admin-keys"
     keys.write_text(ADMIN_KEY + "\n")
-    process = RuntimeProcess(
+    return RuntimeProcess(
         demo_model,
         tmp_path,
-        {"model": {"version": "v1"}, "server": {"admin_keys_file": str(keys)}},
+        {"model": {"version": "v1"}, "server": {"admin_keys_file": str(keys), "hot_swap": hot_swap}},
         name="demo",
     ).start()
+
+
+@pytest.fixture
+def server(demo_model: Path, tmp_path: Path):
+    process = swapping_server(demo_model, tmp_path, "auto")  # the demo model on CPU: beside
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture
+def restarting(demo_model: Path, tmp_path: Path):
+    process = swapping_server(demo_model, tmp_path, "restart")
     yield process
     assert process.stop() == 0
 
@@ -124,3 +138,54 @@ def test_sighup_after_a_config_change_swaps(server: RuntimeProcess, versions: di
         load.wait_for(len(load.outcomes) + 20)
     assert load.failures == [], load.failures[:3]
     assert json.loads(httpx.get(f"{server.base_url}/health/ready").text)["models"] == {"demo": "v3"}
+
+
+def swap_watching_readiness(server: RuntimeProcess, body: dict) -> tuple[httpx.Response, set[str]]:
+    """Swap while one long stream is in flight; returns the swap's answer and every readiness seen
+    meanwhile. The stream must end whole, on the old version."""
+    stream: list[str] = []
+
+    def long_stream() -> None:
+        chunks = server.client().completions.create(
+            model="demo", prompt="This License", max_tokens=400, stream=True, extra_body={"ignore_eos": True}
+        )
+        stream.extend(chunk.system_fingerprint or "" for chunk in chunks)
+
+    streaming = threading.Thread(target=long_stream)
+    streaming.start()
+    time.sleep(0.3)  # the stream has begun
+    answer: list[httpx.Response] = []
+    swapping = threading.Thread(target=lambda: answer.append(swap(server, body)))
+    swapping.start()
+    seen = set()
+    while swapping.is_alive():
+        seen.add(httpx.get(f"{server.base_url}/health/ready").json()["status"])
+        time.sleep(0.05)
+    streaming.join()
+    assert stream
+    assert all(f.endswith("@v1") for f in stream if f), stream[-3:]
+    return answer[0], seen
+
+
+def test_a_drained_restart_finishes_the_stream_then_serves_the_new_version(
+    restarting: RuntimeProcess, versions: dict[str, Path]
+) -> None:
+    response, seen = swap_watching_readiness(restarting, {"path": str(versions["v2"]), "version": "v2"})
+    assert response.status_code == 200, response.text
+    assert "swapping" in seen  # out of its load balancer's pool meanwhile
+    assert served_version(restarting) == "v2"
+    assert httpx.get(f"{restarting.base_url}/health/ready").status_code == 200
+    assert "swap by drained restart" in restarting.log()
+
+
+def test_a_drained_restart_to_a_broken_version_starts_the_old_one_again(
+    restarting: RuntimeProcess, versions: dict[str, Path]
+) -> None:
+    response, seen = swap_watching_readiness(
+        restarting, {"path": str(versions["broken"]), "version": "broken"}
+    )
+    assert response.status_code == 422
+    assert "demo@v1 serves again" in response.json()["error"]["message"]
+    assert "swapping" in seen
+    assert served_version(restarting) == "v1"
+    assert httpx.get(f"{restarting.base_url}/health/ready").status_code == 200

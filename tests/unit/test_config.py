@@ -65,6 +65,12 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
         ),
         ("model: {path: /m, engine: vllm}\n", {}, "vllm.python: model.engine is vllm, which needs"),
         (
+            "model: {path: /m, engine: vllm}\nvllm: {python: /v/bin/python}\nserver: {hot_swap: beside}\n",
+            {},
+            "server.hot_swap: beside loads a second copy of the model next to the first, but "
+            "vllm.gpu_memory_utilization 0.9 gives one copy that share of each GPU",
+        ),
+        (
             "model: {path: /m, engine: builtin, tensor_parallel_size: 2}\n",
             {},
             "model: tensor_parallel_size x pipeline_parallel_size is 2: the builtin engine runs",

