@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 0
+TEST_TMP ?= /tmp/mrt-tests
 
 .PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
 
@@ -56,11 +57,14 @@ vllm-env: $(BIN)/.installed
 
 # The README's test command (.ci/run runs it): the linters and type checks, then the suite.
 # pytest exits 5 when a selection collects no test: nothing failed, so that is success.
-# TEST_WORKERS: pytest-xdist workers, each taking whole test modules (0: none, all in this process);
-# tests/conftest.py gives them the longest modules first.
+# TEST_WORKERS: pytest-xdist workers, each taking whole test modules (tests/conftest.py gives them the
+# longest first). 0, the default: everything in one process, one test at a time: on 2 cores two workers
+# were not faster (each test took about twice as long, see docs/testing.md), and the fleet tests keep
+# the timing they were written for. TEST_TMP: pytest's base folder, short, because the supervisord and
+# HAProxy sockets the tests make under it must fit a Unix socket path (107 bytes).
 test: lint vllm-env
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) \
-		|| [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --basetemp=$(TEST_TMP) \
+		$(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # ruff, ansible-lint, mypy on the runtime package (mypy.ini), the layer rules (.importlinter).
 lint: venv

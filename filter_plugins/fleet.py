@@ -1,5 +1,5 @@
-"""Jinja filters for the fleet playbooks: the status table `fab status` prints too, the timed line of
-an instance's rolling cycle that bench/upgrade.py reads back, and the shared venvs' folders and builds."""
+"""Jinja filters for the fleet playbooks: the status table `fab status` prints too, and the timed
+line of an instance's rolling cycle that bench/upgrade.py reads back."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet_ops.cycle import cycle_line
-from fleet_ops.environments import environment_folder, vllm_build
 from fleet_ops.status import render
 
 
 class FilterModule:
     def filters(self) -> dict:
-        return {
-            "fleet_table": render,
-            "cycle_line": cycle_line,
-            "environment_folder": environment_folder,
-            "vllm_build": vllm_build,
-        }
+        return {"fleet_table": render, "cycle_line": cycle_line}

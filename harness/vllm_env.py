@@ -37,14 +37,14 @@ def ensure_vllm_env(lock: Path = VLLM_LOCK) -> Path:
     return folder / "bin" / "python"
 
 
+# How vLLM runs the test models on this CPU machine: 1 GiB of attention cache is plenty for them; eager
+# (no compilation) starts in half the time, which tests want and benchmarks do not.
+TEST_VLLM = {"cpu_kv_cache_gib": 1, "enforce_eager": True}
+
+
 def vllm_settings(python: Path, eager: bool = True) -> dict:
-    """Runtime settings that serve a model with the vllm engine from this environment, on this CPU
-    machine: 1 GiB of attention cache is plenty for the test models; eager (no compilation) starts in
-    half the time, which tests want and benchmarks do not."""
-    return {
-        "model": {"engine": "vllm"},
-        "vllm": {"python": str(python), "cpu_kv_cache_gib": 1, "enforce_eager": eager},
-    }
+    """Runtime settings that serve a model with the vllm engine from this environment (TEST_VLLM)."""
+    return {"model": {"engine": "vllm"}, "vllm": {**TEST_VLLM, "python": str(python), "enforce_eager": eager}}
 
 
 def _build(folder: Path, lock: Path) -> None:

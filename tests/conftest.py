@@ -19,9 +19,9 @@ from tests.support.ensembles import ensure_ensemble_members, load_models, member
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 
-# `make test` hands whole modules to its two pytest-xdist workers (`--dist loadfile`) in the order of
-# the items: the longest go first, so that none is left for the end. These two take 10 to 15 minutes
-# each on 2 cores, one per worker; then the kinds, longest first.
+# With pytest-xdist workers (`--dist loadfile`), whole modules go to the workers in the order of the
+# items: the longest first, so that none is left for the end. These two take 10 to 15 minutes each on
+# 2 cores, one per worker; then the kinds, longest first.
 LONGEST = ("tests/integration/test_local_fleet.py", "tests/integration/test_bare_metal.py")
 KINDS = ("integration", "e2e", "unit")
 # Each worker keeps its own Ansible fact cache: the local inventory's one host, localhost, is another
@@ -33,9 +33,10 @@ os.environ.setdefault(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Most tests wait on a server, a playbook or a one-thread model, which leaves half of a 2-core
-    runner idle when they run one at a time: `make test` runs two workers, each taking whole modules
-    (a module's fleet or server is made once), longest first."""
+    """With test workers (`make test TEST_WORKERS=N`), each taking whole modules (a module's fleet or
+    server is made once): the longest first. Without, the order pytest collected."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         module = item.nodeid.split("::")[0]

@@ -24,6 +24,7 @@ from harness.fleet import KEY, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
+from harness.vllm_env import TEST_VLLM
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,11 @@ SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
 SERVICE = role_defaults("model_runtime")["model_runtime_service_name"]  # instance N's program: SERVICE-N
 # A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
 STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
-RUNTIME_SETTINGS = {**OVERLOAD_SETTINGS, "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL}}
+RUNTIME_SETTINGS = {
+    **OVERLOAD_SETTINGS,
+    "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL},
+    "vllm": TEST_VLLM,  # when a test rolls the fleet onto vLLM (the role gives it its interpreter)
+}
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +166,16 @@ def test_an_engine_change_rolls_through_like_any_release_and_back(fleet: LocalFl
     """From the builtin engine to vLLM (its CPU build, in its own environment) one instance at a time
     under load, then a rollback puts each back: no request fails either way."""
     before = fleet.releases()
-    run, traffic = fleet.run_under_load("upgrade.yml", {"model_runtime_engine": "vllm"})
-    assert run.returncode == 0, run.output[-5000:]
-    assert traffic.failures == [], traffic.failures[:3]
-    assert fleet.releases() == before  # the same runtime and model ...
-    assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
-    for i in range(1, REPLICAS + 1):  # ... now served by vLLM: its own metrics beside ours
-        assert "vllm:num_requests_running" in fleet.replica_metrics(i)
-    back, traffic_back = fleet.run_under_load("rollback.yml", {})
+    try:
+        run, traffic = fleet.run_under_load("upgrade.yml", {"model_runtime_engine": "vllm"})
+        assert run.returncode == 0, run.output[-5000:]
+        assert traffic.failures == [], traffic.failures[:3]
+        assert fleet.releases() == before  # the same runtime and model ...
+        assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
+        for i in range(1, REPLICAS + 1):  # ... now served by vLLM: its own metrics beside ours
+            assert "vllm:num_requests_running" in fleet.replica_metrics(i)
+    finally:  # whatever happened, the tests after this one find the fleet on the builtin engine
+        back, traffic_back = fleet.run_under_load("rollback.yml", {})
     assert back.returncode == 0, back.output[-5000:]
     assert traffic_back.failures == [], traffic_back.failures[:3]
     assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")

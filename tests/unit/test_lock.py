@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from fleet_ops.environments import vllm_build
+from filter_plugins.environments import vllm_build
 from harness import REPO
 
 pytestmark = pytest.mark.unit

