@@ -50,6 +50,10 @@ def vllm_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
     device = spec.model.device
     if device.startswith("cuda:"):
         env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
+    # vLLM's CPU build binds its threads to cores counted from 0 and keeps one core for its own front:
+    # every instance of a host would compute on core 0 (the second of two on one host never became ready
+    # within 3 minutes here). Unbound, the system spreads them; an operator's own binding is kept.
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     return env
 
 

@@ -414,7 +414,7 @@ def test_fab_status_table_and_json(fleet: dict) -> None:
     table = fab(fleet, "status")
     assert table.returncode == 0, table.stderr
     assert re.search(r"^a\s+1\s+\S+\s+auto\s+demo@", table.stdout, re.MULTILINE)  # runtime, engine, model
-    assert re.search(r"^b\s+1\s+\S+\s+demo@", table.stdout, re.MULTILINE)
+    assert re.search(r"^b\s+1\s+\S+\s+auto\s+demo@", table.stdout, re.MULTILINE)
     assert re.search(r"^a\s+1\s.*\sUP$", table.stdout, re.MULTILINE), table.stdout  # at the load balancer
     data = json.loads(fab(fleet, "status", "--json").stdout)
     assert {(row["host"], row["balancers"]) for row in data["instances"]} == {("a", "UP"), ("b", "UP")}

@@ -16,6 +16,7 @@ from model_runtime.engine.loading import ModelFormat
 from model_runtime.scheduler.events import TokenLogprobs
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.vllm.choice import choose_engine
+from model_runtime.vllm.launch import vllm_environment
 from model_runtime.vllm.params import cli_flags, engine_args, event_of, sampling_args
 from model_runtime.vllm.spec import VllmSpec
 
@@ -147,3 +148,11 @@ def test_vllm_alone_gets_the_same_settings_on_its_command_line() -> None:
     assert "--max-model-len 256" in " ".join(flags)
     assert "--enforce-eager" not in flags  # a false flag is left out, a true one given alone
     assert cli_flags({"enforce_eager": True}) == ["--enforce-eager"]
+
+
+def test_vllm_on_cpu_leaves_its_threads_unbound_unless_the_operator_binds_them() -> None:
+    # Bound, every vLLM instance of a host computes on core 0 (vLLM counts cores from 0 for each).
+    assert vllm_environment(spec(), {})["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert (
+        vllm_environment(spec(), {"VLLM_CPU_OMP_THREADS_BIND": "2-3"})["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+    )
