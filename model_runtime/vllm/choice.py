@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from model_runtime.config import HALF, ModelSettings, VllmSettings
+from model_runtime.config import ModelSettings, VllmSettings
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.engine.loading import ModelFormat
 
@@ -47,4 +47,4 @@ def on_gpu(model: ModelSettings) -> bool:
 def two_copies_fit(engine: str, model: ModelSettings, vllm: VllmSettings) -> bool:
     """Whether a second copy of the model can load beside the first (a hot swap beside): not when vLLM
     takes more than half of a GPU's memory for one."""
-    return not (engine == "vllm" and on_gpu(model) and vllm.gpu_memory_utilization > HALF)
+    return not (engine == "vllm" and on_gpu(model) and vllm.one_copy_per_gpu)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import model_runtime
 from model_runtime.scheduler.worker.parent import ChildProcess
+from model_runtime.vllm.interpreter import foreign_environment
 from model_runtime.vllm.spec import VllmSpec
 
 WORKER_MODULE = "model_runtime.vllm.worker"
@@ -40,7 +41,7 @@ def package_path() -> Path:
 def vllm_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
     """vLLM's environment for the spec: base without our import path, offline and quiet (models come
     from our registry, nothing phones home), its CPU cache and its device."""
-    env = {k: v for k, v in base.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = foreign_environment(base)
     env.update(
         HF_HUB_OFFLINE="1",
         VLLM_NO_USAGE_STATS="1",

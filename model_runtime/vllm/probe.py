@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_runtime.vllm.interpreter import foreign_environment
+
 # Run by vLLM's interpreter; prints one JSON object.
 _SCRIPT = """
 import json, torch, vllm
@@ -37,7 +39,7 @@ class VllmBuild:
 
 def probe(python: Path, timeout_s: float = 120.0) -> VllmBuild:
     """Ask python (vLLM's environment's interpreter) what it holds; importing vLLM takes seconds."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = foreign_environment(os.environ)
     try:
         command = [str(python), "-c", _SCRIPT]
         done = subprocess.run(
