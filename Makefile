@@ -10,6 +10,12 @@ TORCH_INDEX ?=
 EXTRAS ?= dev
 TEST_WORKERS ?= 0
 TEST_TMP ?= /tmp/mrt-tests
+# --no-compile: Python compiles a module when it is first imported and caches it in this venv (the user
+# owns it); compiling all of torch at install time takes twice as long as installing it. That cache is
+# what keeps each command from compiling torch again (4-8 s a process), so a PYTHONDONTWRITEBYTECODE
+# from the caller's environment does not reach the commands below.
+PIP := $(BIN)/pip install --quiet --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
 
@@ -17,23 +23,24 @@ TEST_TMP ?= /tmp/mrt-tests
 $(BIN)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	touch $@
 
 # The runtime (editable) with the demo's extra only, or with EXTRAS.
 $(BIN)/.installed-demo: pyproject.toml $(BIN)/.torch
-	$(BIN)/pip install --quiet -e ".[demo]"
+	$(PIP) -e ".[demo]"
 	touch $@
 
 $(BIN)/.installed: pyproject.toml $(BIN)/.torch
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(PIP) -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(BIN)/.installed
 
 # The local fleet: the demo model and the runtime wheel built here, site.yml on inventories/local
 # (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
-demo: $(BIN)/.installed-demo wheelhouse demo-model .cache/demo-api-key
+demo: $(BIN)/.installed-demo .cache/demo-api-key
+	$(MAKE) --no-print-directory -j2 wheelhouse demo-model  # pip on one core beside the training
 	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
 	$(BIN)/python -m scripts.demo
 

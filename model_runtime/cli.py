@@ -46,7 +46,7 @@ def _demo_model(args: argparse.Namespace) -> int:
     from model_runtime.demo.build import Recipe, build_demo_model, is_current  # torch, as serve's
 
     configure_logging("info", json_format=False)
-    recipe = replace(Recipe(), steps=args.steps, seed=args.seed)
+    recipe = replace(Recipe(), steps=args.steps or Recipe.steps, seed=args.seed)
     if args.members:
         return _demo_members(args, recipe)
     if args.if_missing and is_current(args.out_dir, recipe):
@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML settings file (docs/settings.md)")
     serve.set_defaults(run=_serve)
 
-    demo = commands.add_parser("demo-model", help="build the small demo model (about 4 minutes on 2 cores)")
+    demo = commands.add_parser("demo-model", help="build the small demo model (about a minute on 2 cores)")
     demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--steps", type=int, default=400, help="training steps")
+    demo.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR holds this build")
     demo.add_argument(

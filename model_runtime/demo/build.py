@@ -1,5 +1,5 @@
-"""Build the demo model: a byte-level BPE tokenizer and a small Llama, trained here (about 4 minutes on
-2 cores: 400 steps at about 0.6 s each).
+"""Build the demo model: a byte-level BPE tokenizer and a small Llama, trained here (about a minute on
+2 cores: 300 steps of 8 windows at about 0.15 s each).
 
 Nothing is downloaded. The result is an ordinary Hugging Face folder (config.json, model.safetensors,
 tokenizer.json with a chat template, generation_config.json) plus `demo-model.json`, the build record
@@ -61,10 +61,14 @@ class Recipe:
     kv_heads: int = 2
     intermediate_size: int = 512
     context: int = 512
-    steps: int = 400
-    batch_size: int = 16
+    steps: int = 300
+    # Small batches and a short second-moment memory learn more per token at this size. Held-out
+    # perplexity and build time on 2 cores: 300 steps of 8, 114 in 51 s; 400 of 8, 99 in 72 s; the
+    # recipe before (400 of 16, Adam's default 0.999), 85 in 142 s; 100 of 16, 255 in 34 s.
+    batch_size: int = 8
     window: int = 128
     learning_rate: float = 5e-3
+    adam_beta2: float = 0.95
     seed: int = 0
 
     def fingerprint(self) -> str:
@@ -143,7 +147,9 @@ def train_model(
     weights = list(example_weights) if example_weights is not None else [1.0] * len(examples)
     model = LlamaForCausalLM(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, betas=(0.9, recipe.adam_beta2), weight_decay=0.01
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.learning_rate, total_steps=recipe.steps, pct_start=0.1
     )
