@@ -38,14 +38,15 @@ def ensure_vllm_env(lock: Path = VLLM_LOCK) -> Path:
     return folder / "bin" / "python"
 
 
+def vllm_engine_settings(eager: bool = True) -> dict:
+    """The vllm section for this CPU machine: 1 GiB of attention cache is plenty for the test models;
+    eager (no compilation) starts in half the time, which tests want and benchmarks do not."""
+    return {"cpu_kv_cache_gib": 1, "enforce_eager": eager}
+
+
 def vllm_settings(python: Path, eager: bool = True) -> dict:
-    """Runtime settings that serve a model with the vllm engine from this environment, on this CPU
-    machine: 1 GiB of attention cache is plenty for the test models; eager (no compilation) starts in
-    half the time, which tests want and benchmarks do not."""
-    return {
-        "model": {"engine": "vllm"},
-        "vllm": {"python": str(python), "cpu_kv_cache_gib": 1, "enforce_eager": eager},
-    }
+    """Runtime settings that serve a model with the vllm engine from this environment."""
+    return {"model": {"engine": "vllm"}, "vllm": {"python": str(python), **vllm_engine_settings(eager)}}
 
 
 def _build(folder: Path, lock: Path) -> None:

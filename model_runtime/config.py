@@ -42,7 +42,11 @@ class ModelSettings(_Section):
     version: str | None = Field(default=None, description="Version reported in /v1/models; informational")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights' precision; auto: bf16 on a GPU that has it (fp16 otherwise), fp32 on CPU",
+        description=(
+            "Weights' precision; auto: bf16 on a GPU that has it (fp16 otherwise); on CPU, bf16 where"
+            " the CPU computes it (AMX, AVX-512 BF16) and it keeps top-1 agreement with fp32 on a"
+            " sample (the check is logged), fp32 elsewhere"
+        ),
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     trust_remote_code: bool = Field(

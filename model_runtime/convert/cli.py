@@ -22,10 +22,10 @@ def evaluation_texts(path: Path | None) -> list[str]:
 
 def _convert(args: argparse.Namespace) -> int:
     from model_runtime.convert.convert import convert  # torch: see the module's doc
+    from model_runtime.engine.agreement import MIN_AGREEMENT
 
-    record = convert(
-        args.source, args.to, args.out, evaluation_texts(args.eval_text), args.min_agreement, args.name
-    )
+    minimum = MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
+    record = convert(args.source, args.to, args.out, evaluation_texts(args.eval_text), minimum, args.name)
     print(json.dumps(record, indent=2))
     return 0
 
@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("--to", required=True, choices=TARGETS)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--min-agreement", type=float, default=0.9, help="top-1 agreement needed (0-1)")
+    parser.add_argument("--min-agreement", type=float, help="top-1 agreement needed (0-1; default 0.9)")
     parser.add_argument("--eval-text", type=Path, help="held-out text (default: the demo corpus)")
     parser.add_argument("--name", default="model", help="model name (written into a GGUF file)")
     parser.set_defaults(run=_convert)

@@ -21,6 +21,7 @@ from model_runtime.config import ModelSettings
 from model_runtime.convert import TARGETS
 from model_runtime.convert.checks import Checks, measure
 from model_runtime.engine import int8
+from model_runtime.engine.agreement import MIN_AGREEMENT
 from model_runtime.engine.loading import detect_format, load_tokenizer
 from model_runtime.engine.torch_engine import load_causal_lm
 from model_runtime.errors import OperatorError
@@ -76,7 +77,7 @@ def convert(
     target: str,
     out: Path,
     eval_texts: Sequence[str],
-    min_agreement: float = 0.9,
+    min_agreement: float = MIN_AGREEMENT,
     name: str = "model",
 ) -> dict:
     """Convert, check, and keep the result only if it agrees enough with the source; return the record."""

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrained
 from transformers.utils import logging as hf_logging
 
 from model_runtime.engine.base import ModelLoadError
+from model_runtime.engine.cpu import computes_bf16
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,13 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU (CPU half kernels are slow)."""
+    """auto: bf16 on a GPU that supports it, fp16 on an older GPU; on a CPU, bf16 where it computes bf16
+    natively (AMX, AVX-512 BF16), fp32 elsewhere (emulated half kernels are slower than fp32's)."""
     if setting != "auto":
         return _DTYPES[setting]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if computes_bf16() else torch.float32
 
 
 def load_tokenizer(fmt: ModelFormat, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

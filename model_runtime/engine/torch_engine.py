@@ -6,13 +6,23 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from model_runtime.config import ModelSettings
+from model_runtime.corpus import load_corpus
 from model_runtime.engine import int8
+from model_runtime.engine.agreement import (
+    MIN_AGREEMENT,
+    SAMPLE_TEXTS,
+    SAMPLE_TOKENS,
+    logit_agreement,
+    sample_sequences,
+    teacher_forced,
+)
 from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.engine.kv_cache import ATTENTION_NAME, NO_MASK, AlignedKVCache
 from model_runtime.engine.loading import (
@@ -184,23 +194,77 @@ def load_causal_lm(
     return model.to(device).eval()  # type: ignore[arg-type]  # transformers' decorator hides to()'s signature
 
 
+def _agreement_in_bf16(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: EngineInfo, texts: Sequence[str]
+) -> dict:
+    """Cast a float32 model to bfloat16 in place, and say how far its predictions moved: the same
+    teacher-forced comparison on the same sample as `convert --to bf16` records."""
+    before = TorchEngine(model, tokenizer, info, SAMPLE_TEXTS)
+    sequences = sample_sequences(before, texts)
+    source = teacher_forced(before, sequences)
+    model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' decorator hides to()'s signature
+    after = TorchEngine(model, tokenizer, info, SAMPLE_TEXTS)
+    target = teacher_forced(after, sequences)
+    return {
+        "from": "float32",
+        "to": "bfloat16",
+        **logit_agreement(source, target),
+        "min_agreement": MIN_AGREEMENT,
+        "sample": f"{len(sequences)} held-out texts x {SAMPLE_TOKENS} tokens, teacher-forced",
+    }
+
+
+def _native_bf16(
+    settings: ModelSettings,
+    fmt: ModelFormat,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    info: EngineInfo,
+) -> tuple[PreTrainedModel, dict]:
+    """dtype auto on a CPU that computes bfloat16 natively: a precision change, so it is checked as a
+    conversion is, and the model stays in float32 (loaded again) if it would lose top-1 agreement."""
+    try:
+        texts = load_corpus().held_out
+    except FileNotFoundError as exc:
+        return model, {"from": "float32", "to": "bfloat16", "kept": False, "reason": str(exc)}
+    check = _agreement_in_bf16(model, tokenizer, info, texts)
+    check["kept"] = check["top1_agreement"] >= MIN_AGREEMENT
+    if not check["kept"]:
+        model = load_causal_lm(fmt, torch.float32, model.device, settings.trust_remote_code)
+    return model, check
+
+
 def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: int = 4096) -> TorchEngine:
     fmt = detect_format(Path(settings.path))
     if fmt.kind == "onnx":
         raise ModelLoadError(f"{fmt.folder}: an ONNX export runs on the onnx engine, not torch")
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    # A full-precision checkpoint that dtype auto puts in bfloat16 on a CPU: checked as a conversion.
+    checked = (
+        settings.dtype == "auto"
+        and device.type == "cpu"
+        and dtype == torch.bfloat16
+        and fmt.kind in ("safetensors", "pytorch")
+    )
     started = time.perf_counter()
     tokenizer = load_tokenizer(fmt, settings.trust_remote_code)
-    model = load_causal_lm(fmt, dtype, device, settings.trust_remote_code)
-    seconds = time.perf_counter() - started
+    model = load_causal_lm(fmt, torch.float32 if checked else dtype, device, settings.trust_remote_code)
     info = EngineInfo(
         max_context=context_length(model.config, settings.max_context),
         eos_token_ids=eos_token_ids(fmt, tokenizer),
         device=str(device),
-        dtype="int8" if fmt.kind == "int8" else str(dtype).removeprefix("torch."),
+        dtype="int8" if fmt.kind == "int8" else "float32",
         parameters=sum(p.numel() for p in model.parameters()),
-        load_seconds=seconds,
+        load_seconds=0.0,
+    )
+    dtype_check = None
+    if checked:
+        model, dtype_check = _native_bf16(settings, fmt, model, tokenizer, info)
+    info = replace(
+        info,
+        dtype=info.dtype if fmt.kind == "int8" else str(model.dtype).removeprefix("torch."),
+        load_seconds=time.perf_counter() - started,
     )
     log.info(
         "loaded model",
@@ -209,8 +273,9 @@ def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: in
             "format": fmt.kind,
             "device": info.device,
             "dtype": info.dtype,
+            "dtype_check": dtype_check,
             "parameters": info.parameters,
-            "load_seconds": round(seconds, 3),
+            "load_seconds": round(info.load_seconds, 3),
         },
     )
     return TorchEngine(model, tokenizer, info, max_batch, prefill_chunk)
