@@ -18,7 +18,7 @@ from harness.cache import CACHE, one_builder
 
 MEMBERS = Path(os.environ.get("MODEL_RUNTIME_ENSEMBLE_MEMBERS", CACHE / "ensemble-members"))
 COUNT = 3
-STEPS = 40  # enough to write corpus words; the tests check mechanics, the bench checks quality
+STEPS = 80  # 80 x 8 windows: enough to write corpus words; the tests check mechanics, the bench quality
 
 
 @functools.cache  # checked once per test session, whichever module asks first
