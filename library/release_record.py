@@ -9,7 +9,9 @@ short_description: Record what each model-runtime instance of a host runs
 description:
   - Keeps one JSON file per host (an Ansible local fact). For each instance given, the release it runs
     now (runtime version, model, model version and folder), since when and set by which run, and its
-    state (serving, or scaled-in by a scale run). When an instance's release changes, the old one moves
+    state (serving, or scaled-in by a scale run). The engine and its parallel sizes are part of the
+    release: a change of engine alone is a release change that a rollback undoes. When an instance's
+    release changes, the old one moves
     to C(previous), which is where a rollback goes. Unchanged instances keep their time and run, so a
     re-run changes nothing. Written atomically, and only when something changed.
 options:
@@ -46,7 +48,18 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-RELEASE_KEYS = ("runtime_version", "model", "model_version", "model_path")
+# What a release is made of, each with what an instance ran when its record was written before that
+# part was recorded ("" where nothing can be assumed): records from before engines were part of a
+# release ran the auto engine on one device (as fleet_ops/status.py and instance.yaml.j2 read them).
+RELEASE = {
+    "runtime_version": "",
+    "model": "",
+    "model_version": "",
+    "model_path": "",
+    "engine": "auto",
+    "tensor_parallel_size": "1",
+    "pipeline_parallel_size": "1",
+}
 
 
 def main() -> None:
@@ -70,9 +83,9 @@ def main() -> None:
     previous = dict(record.get("previous") or {})
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for key, wanted in module.params["instances"].items():
-        release = {k: str(wanted.get(k, "")) for k in RELEASE_KEYS}
+        release = {k: str(wanted.get(k, assumed)) for k, assumed in RELEASE.items()}
         current = instances.get(str(key))
-        if current and all(current.get(k) == release[k] for k in RELEASE_KEYS):
+        if current and all(str(current.get(k, assumed)) == release[k] for k, assumed in RELEASE.items()):
             entry = dict(current)
         else:
             if current:
