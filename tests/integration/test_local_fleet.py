@@ -158,32 +158,6 @@ def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: L
     assert fleet.server_states() == ALL_UP
 
 
-def engines(fleet: LocalFleet) -> dict[str, str]:
-    return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
-
-
-def test_an_engine_change_rolls_through_like_any_release_and_back(fleet: LocalFleet) -> None:
-    """From the torch engine to vLLM one instance at a time under load, then a rollback puts each back:
-    no request fails either way."""
-    before = fleet.releases()
-    try:
-        run, traffic = fleet.run_under_load("upgrade.yml", {"model_runtime_engine": "vllm"})
-        assert run.returncode == 0, run.output[-5000:]
-        assert traffic.failures == [], traffic.failures[:3]
-        assert fleet.releases() == before  # the same runtime and model ...
-        assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
-        for i in range(1, REPLICAS + 1):  # ... now served by vLLM: its own metrics beside ours
-            assert "vllm:num_requests_running" in fleet.replica_metrics(i)
-    finally:  # whatever happened, the tests after this one find the fleet on the torch engine
-        back, traffic_back = fleet.run_under_load("rollback.yml", {})
-    assert back.returncode == 0, back.output[-5000:]
-    assert traffic_back.failures == [], traffic_back.failures[:3]
-    assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")
-    for i in range(1, REPLICAS + 1):
-        assert "vllm:" not in fleet.replica_metrics(i)
-    assert fleet.server_states() == ALL_UP
-
-
 def test_driver_upgrade_skips_hosts_without_a_gpu(fleet: LocalFleet) -> None:
     before = fleet.releases()
     run = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": "575"})
@@ -318,3 +292,30 @@ def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: Loc
     assert sorted(result.memory_mb) == SERVERS
     for warm, end in result.memory_mb.values():
         assert end < warm * 1.25 + 64, result.memory_mb
+
+
+def engines(fleet: LocalFleet) -> dict[str, str]:
+    return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
+
+
+def test_an_engine_change_rolls_through_like_any_release_and_back(fleet: LocalFleet) -> None:
+    """From the torch engine to vLLM one instance at a time under load, then a rollback puts each back:
+    no request fails either way. Last in the module: every instance restarts twice, and the stalled
+    engine's restart above counts on instances that have been up longer than a start takes."""
+    before = fleet.releases()
+    try:
+        run, traffic = fleet.run_under_load("upgrade.yml", {"model_runtime_engine": "vllm"})
+        assert run.returncode == 0, run.output[-5000:]
+        assert traffic.failures == [], traffic.failures[:3]
+        assert fleet.releases() == before  # the same runtime and model ...
+        assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
+        for i in range(1, REPLICAS + 1):  # ... now served by vLLM: its own metrics beside ours
+            assert "vllm:num_requests_running" in fleet.replica_metrics(i)
+    finally:  # whatever happened, the tests after this one find the fleet on the torch engine
+        back, traffic_back = fleet.run_under_load("rollback.yml", {})
+    assert back.returncode == 0, back.output[-5000:]
+    assert traffic_back.failures == [], traffic_back.failures[:3]
+    assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")
+    for i in range(1, REPLICAS + 1):
+        assert "vllm:" not in fleet.replica_metrics(i)
+    assert fleet.server_states() == ALL_UP
