@@ -1,8 +1,8 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
 3 instances), the openai client through the load balancer, an idempotent second run; then, under
 constant load through HAProxy with every request counted, a rolling upgrade of runtime and model, a
-rollback, a broken release, an engine change (torch to vLLM's CPU build and back), a kill -9, a stalled
-engine, scale runs, and the schedules; stop.yml at the end."""
+rollback, a broken release, a kill -9, a stalled engine, scale runs, and the schedules; stop.yml at the
+end."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from harness.fleet import KEY, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
-from harness.vllm_env import vllm_engine_settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +36,11 @@ SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
 SERVICE = role_defaults("model_runtime")["model_runtime_service_name"]  # instance N's program: SERVICE-N
 # A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
 STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
-RUNTIME_SETTINGS = {
-    **OVERLOAD_SETTINGS,
-    "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL},
-    "vllm": vllm_engine_settings(),  # for the engine change below (the role gives vLLM its interpreter)
-}
+RUNTIME_SETTINGS = {**OVERLOAD_SETTINGS, "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL}}
 
 
 @pytest.fixture(scope="module")
-def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPathFactory):
+def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     # Few batch slots and queue places per replica, so that the short soak below is an overload.
     fleet = LocalFleet(
         tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
@@ -54,8 +49,6 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
     # FATAL ends the readiness wait: the broken release stops at the first instance just the same,
     # two model loads sooner.
     fleet.settings["model_runtime_start_retries"] = 1
-    # The vLLM build this machine has (its CPU build, its own environment): a test below rolls to it.
-    fleet.settings["model_runtime_vllm_python"] = str(vllm_python)
     fleet.first = fleet.run("site.yml")
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
@@ -292,30 +285,3 @@ def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: Loc
     assert sorted(result.memory_mb) == SERVERS
     for warm, end in result.memory_mb.values():
         assert end < warm * 1.25 + 64, result.memory_mb
-
-
-def engines(fleet: LocalFleet) -> dict[str, str]:
-    return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
-
-
-def test_an_engine_change_rolls_through_like_any_release_and_back(fleet: LocalFleet) -> None:
-    """From the torch engine to vLLM one instance at a time under load, then a rollback puts each back:
-    no request fails either way. Last in the module: every instance restarts twice, and the stalled
-    engine's restart above counts on instances that have been up longer than a start takes."""
-    before = fleet.releases()
-    try:
-        run, traffic = fleet.run_under_load("upgrade.yml", {"model_runtime_engine": "vllm"})
-        assert run.returncode == 0, run.output[-5000:]
-        assert traffic.failures == [], traffic.failures[:3]
-        assert fleet.releases() == before  # the same runtime and model ...
-        assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
-        for i in range(1, REPLICAS + 1):  # ... now served by vLLM: its own metrics beside ours
-            assert "vllm:num_requests_running" in fleet.replica_metrics(i)
-    finally:  # whatever happened, the tests after this one find the fleet on the torch engine
-        back, traffic_back = fleet.run_under_load("rollback.yml", {})
-    assert back.returncode == 0, back.output[-5000:]
-    assert traffic_back.failures == [], traffic_back.failures[:3]
-    assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")
-    for i in range(1, REPLICAS + 1):
-        assert "vllm:" not in fleet.replica_metrics(i)
-    assert fleet.server_states() == ALL_UP
