@@ -6,7 +6,6 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -250,22 +249,21 @@ def load_torch_engine(settings: ModelSettings, max_batch: int, prefill_chunk: in
     started = time.perf_counter()
     tokenizer = load_tokenizer(fmt, settings.trust_remote_code)
     model = load_causal_lm(fmt, torch.float32 if checked else dtype, device, settings.trust_remote_code)
-    info = EngineInfo(
-        max_context=context_length(model.config, settings.max_context),
-        eos_token_ids=eos_token_ids(fmt, tokenizer),
-        device=str(device),
-        dtype="int8" if fmt.kind == "int8" else "float32",
-        parameters=sum(p.numel() for p in model.parameters()),
-        load_seconds=0.0,
-    )
+
+    def engine_info() -> EngineInfo:
+        return EngineInfo(
+            max_context=context_length(model.config, settings.max_context),
+            eos_token_ids=eos_token_ids(fmt, tokenizer),
+            device=str(device),
+            dtype="int8" if fmt.kind == "int8" else str(model.dtype).removeprefix("torch."),
+            parameters=sum(p.numel() for p in model.parameters()),
+            load_seconds=time.perf_counter() - started,
+        )
+
     dtype_check = None
     if checked:
-        model, dtype_check = _native_bf16(settings, fmt, model, tokenizer, info)
-    info = replace(
-        info,
-        dtype=info.dtype if fmt.kind == "int8" else str(model.dtype).removeprefix("torch."),
-        load_seconds=time.perf_counter() - started,
-    )
+        model, dtype_check = _native_bf16(settings, fmt, model, tokenizer, engine_info())
+    info = engine_info()
     log.info(
         "loaded model",
         extra={
