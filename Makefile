@@ -19,10 +19,13 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
 
-# The venv with pip and torch, which every target shares.
-$(BIN)/.torch:
+# The venv with pip (all the wheelhouse needs), then torch, which every other target shares.
+$(BIN)/.pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	touch $@
+
+$(BIN)/.torch: $(BIN)/.pip
 	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	touch $@
 
@@ -39,15 +42,16 @@ venv: $(BIN)/.installed
 
 # The local fleet: the demo model and the runtime wheel built here, site.yml on inventories/local
 # (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
-demo: $(BIN)/.installed-demo .cache/demo-api-key
-	$(MAKE) --no-print-directory -j2 wheelhouse demo-model  # pip on one core beside the training
+# -j2: the wheelhouse (pip, one core) is built beside torch's and the runtime's installs and the training.
+demo: .cache/demo-api-key
+	$(MAKE) --no-print-directory -j2 wheelhouse demo-model
 	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml
 	$(BIN)/python -m scripts.demo
 
 demo-stop: $(BIN)/.installed-demo
 	$(BIN)/ansible-playbook -i inventories/local playbooks/stop.yml
 
-wheelhouse: $(BIN)/.installed-demo
+wheelhouse: $(BIN)/.pip
 	$(BIN)/python scripts/wheelhouse.py
 
 demo-model: $(BIN)/.installed-demo

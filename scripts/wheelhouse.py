@@ -11,6 +11,9 @@ runtime wheel by that hash (--require-hashes), so pip takes no other file.
 
   python scripts/wheelhouse.py [OUT] [--version-label LABEL] [--torch-lock LOCK] [--vllm-lock LOCK]
                                [--runtime-only]
+
+It needs only the standard library and pip, so `make demo` builds it while torch and the runtime are
+still installing into the venv it runs from.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from packaging.utils import parse_wheel_filename
-
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO / "requirements"
 # The runtime's dependencies and supervisord's venv; torch comes from the lock given on the command line.
 LOCKS = [REQUIREMENTS / "server.lock", REQUIREMENTS / "supervisor.lock"]
 TORCH_LOCK = REQUIREMENTS / "torch-cpu.lock"
 WHEELHOUSE_LOCK = "wheelhouse.lock"
+# A wheel's file name: {distribution}-{version}[-{build tag}]-{python}-{abi}-{platform}.whl (the
+# binary distribution format); the distribution part never holds a "-".
+WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 
 
 def source_hash() -> str:
@@ -57,11 +61,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def wheel_name_and_version(filename: str) -> tuple[str, str]:
+    """The distribution's normalized name (PEP 503) and the version of a wheel's file name."""
+    match = WHEEL_NAME.match(filename)
+    if match is None:
+        raise ValueError(f"{filename} is not a wheel's file name")
+    return re.sub(r"[-_.]+", "-", match["name"]).lower(), match["version"]
+
+
 def write_wheelhouse_lock(out: Path) -> None:
     """wheelhouse.lock: every wheel of the folder as a pip requirement pinned to its file's sha256."""
     lines = ["# Written by scripts/wheelhouse.py: the sha256 of every wheel in this folder."]
     for wheel in sorted(out.glob("*.whl")):
-        name, version, _, _ = parse_wheel_filename(wheel.name)
+        name, version = wheel_name_and_version(wheel.name)
         lines.append(f"{name}=={version} --hash=sha256:{sha256(wheel)}")
     (out / WHEELHOUSE_LOCK).write_text("\n".join(lines) + "\n")
 
@@ -90,7 +102,8 @@ def build(
         shutil.copytree(
             REPO,
             tree,
-            ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "tests", "bench", "*.egg-info"),
+            # what an editable install may be writing meanwhile stays out
+            ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "tests", "bench", "*.egg-info", "build"),
         )
         init = tree / "model_runtime" / "__init__.py"
         init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
