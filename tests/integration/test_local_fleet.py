@@ -49,7 +49,14 @@ def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     # FATAL ends the readiness wait: the broken release stops at the first instance just the same,
     # two model loads sooner.
     fleet.settings["model_runtime_start_retries"] = 1
-    fleet.first = fleet.run("site.yml")
+    # The operator's PYTHONPATH leads to a uvicorn that cannot be imported: the instances (and the role's
+    # compile of what they import) must not see it, though supervisord starts from this very run.
+    decoy = tmp_path_factory.mktemp("operator-pythonpath")
+    (decoy / "uvicorn").mkdir()
+    (decoy / "uvicorn" / "__init__.py").write_text(
+        'raise ImportError("the caller\'s PYTHONPATH reached the fleet")\n'
+    )
+    fleet.first = fleet.run("site.yml", env={"PYTHONPATH": str(decoy)})
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
     yield fleet
