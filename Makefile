@@ -42,7 +42,7 @@ venv: $(BIN)/.installed
 
 # The local fleet: the demo model and the runtime wheel built here, site.yml on inventories/local
 # (2 instances behind HAProxy on loopback), then one chat completion through the load balancer.
-# -j2: the wheelhouse (pip, one core) is built beside torch's and the runtime's installs and the training.
+# -j2: the wheelhouse (pip, one core) is built beside torch's and the runtime's installs into .venv.
 demo: .cache/demo-api-key
 	$(MAKE) --no-print-directory -j2 wheelhouse demo-model
 	$(BIN)/ansible-playbook -i inventories/local playbooks/site.yml

@@ -102,7 +102,7 @@ def build(
         shutil.copytree(
             REPO,
             tree,
-            # what an editable install may be writing meanwhile stays out
+            # build artifacts stay out: an editable install may be writing the egg-info meanwhile
             ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "tests", "bench", "*.egg-info", "build"),
         )
         init = tree / "model_runtime" / "__init__.py"
