@@ -11,7 +11,10 @@
 
 on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios,
 then, for this server over each engine and for vLLM alone, tokens/s and the time to first token and
-inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent streams.
+inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent streams; the CPU time
+each process of each server spent per generated token at 16 streams (from /proc: what a front costs);
+and a mixed workload (16 streams, one prompt in 16 near the model's context limit) with each server's
+throughput and peak resident memory (its whole process tree, sampled every 50 ms; host memory, not GPU).
 Run: make bench   (or: .venv/bin/python bench/serving.py [--quick] [--no-vllm], or python -m bench.serving)
 
 On a machine with an NVIDIA GPU (no hub needed): `python -m bench.serving --device cuda --vllm-python
@@ -34,6 +37,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 
 import httpx
 import torch
@@ -42,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness import REPO
 from harness.load import Load, Throughput, percentile
 from harness.models import ensure_demo_model, random_model
+from harness.processes import PeakMemory, cpu_seconds
 from harness.server import API_KEY, RuntimeProcess, free_port
 from harness.vllm_env import ensure_vllm_env, vllm_settings
 from model_runtime.config import LoggingSettings, ModelSettings, SchedulerSettings, VllmSettings
@@ -52,6 +57,7 @@ from model_runtime.vllm.spec import VllmSpec
 
 CONCURRENCY = 16
 LEVELS = (1, 16, 64)  # the concurrent streams of the latency table
+IGNORE_EOS = {"ignore_eos": True}  # every request generates exactly max_tokens
 
 
 def bench_prompts(tokenizer, count: int) -> list[str]:
@@ -62,6 +68,12 @@ def bench_prompts(tokenizer, count: int) -> list[str]:
         ids = tokenizer(paragraphs[i % len(paragraphs)])["input_ids"][: 16 + (i * 7) % 33]
         prompts.append(tokenizer.decode(ids))
     return prompts
+
+
+def long_prompt(tokenizer, tokens: int) -> str:
+    """Held-out text cut to `tokens` tokens: the mixed workload's prompt near the context limit."""
+    ids = tokenizer("\n\n".join(load_corpus().held_out))["input_ids"]
+    return tokenizer.decode((ids * (1 + tokens // len(ids)))[:tokens])
 
 
 def generate_sequential(model, tokenizer, prompts: list[str], new_tokens: int) -> Throughput:
@@ -108,35 +120,81 @@ def bodies(model_name: str, prompts: list[str], new_tokens: int, extra: dict) ->
     ]
 
 
-def at_levels(
-    base_url: str, model: str, prompts: list[str], new_tokens: int, api_key: str | None
-) -> dict[int, Throughput]:
-    """The prompts at each level of concurrency (twice over at 64, so that every stream has company)."""
-    extra = {"ignore_eos": True}
-    streams(base_url, bodies(model, prompts[:2], 4, extra), 2, api_key)  # warm the path
-    return {
-        level: streams(
-            base_url, bodies(model, prompts * (1 + level // 64), new_tokens, extra), level, api_key
-        )
-        for level in LEVELS
-    }
+@dataclass
+class Workload:
+    """What every server is sent: the prompts, a prompt near the context limit for the mixed run, and
+    how many tokens each request generates."""
+
+    prompts: list[str]
+    long_prompt: str
+    new_tokens: int
 
 
-def measure_ours(
-    folder: Path, prompts: list[str], new_tokens: int, workdir: Path, settings: dict
-) -> dict[int, Throughput]:
+@dataclass
+class Served:
+    """One server's figures: throughput and latencies at each level of streams; at CONCURRENCY streams,
+    the CPU time each of its processes spent per generated token and its peak resident memory; and the
+    mixed workload's throughput and peak memory (run right after, at the same concurrency)."""
+
+    levels: dict[int, Throughput]
+    cpu_us_per_token: dict[str, float]
+    uniform_peak_mb: float
+    mixed: Throughput
+    mixed_peak_mb: float
+
+    @property
+    def cpu_us_total(self) -> float:
+        return sum(self.cpu_us_per_token.values())
+
+
+def measure_server(
+    base_url: str,
+    pid: int,
+    model: str,
+    work: Workload,
+    api_key: str | None,
+    extra: dict,
+    levels: tuple[int, ...] = LEVELS,
+    expect_done: bool = True,
+) -> Served:
+    """The prompts at each level of concurrency (twice over at 64, so that every stream has company),
+    and the mixed workload right after the uniform one at CONCURRENCY streams (before a higher level
+    grows what the allocators keep), all against the server whose process is pid."""
+
+    def send(prompts: list[str], new_tokens: int, clients: int) -> Throughput:
+        return streams(base_url, bodies(model, prompts, new_tokens, extra), clients, api_key, expect_done)
+
+    send(work.prompts[:2], 4, 2)  # warm the path
+    measured = {}
+    for level in levels:
+        if level != CONCURRENCY:
+            measured[level] = send(work.prompts * (1 + level // 64), work.new_tokens, level)
+            continue
+        before = cpu_seconds(pid)
+        with PeakMemory(pid) as uniform:
+            measured[level] = send(work.prompts, work.new_tokens, level)
+        after = cpu_seconds(pid)
+        cpu = {
+            name: 1e6 * (used - before.get(name, 0.0)) / measured[level].tokens
+            for name, used in after.items()
+        }
+        with PeakMemory(pid) as mixed_memory:
+            mixed = send([*work.prompts[: CONCURRENCY - 1], work.long_prompt] * 2, work.new_tokens, level)
+    return Served(measured, cpu, uniform.peak_mb, mixed, mixed_memory.peak_mb)
+
+
+def measure_ours(folder: Path, work: Workload, workdir: Path, settings: dict) -> Served:
     """This server with the given settings (the torch engine: its default thread policy, see
     SchedulerSettings.torch_threads, not a bench-only one)."""
     server = RuntimeProcess(folder, workdir, settings, name="bench").start(timeout=900)
     try:
-        return at_levels(server.base_url, "bench", prompts, new_tokens, API_KEY)
+        assert server.process is not None
+        return measure_server(server.base_url, server.process.pid, "bench", work, API_KEY, IGNORE_EOS)
     finally:
         server.stop()
 
 
-def measure_vllm_alone(
-    folder: Path, prompts: list[str], new_tokens: int, python: Path, workdir: Path
-) -> dict[int, Throughput] | None:
+def measure_vllm_alone(folder: Path, work: Workload, python: Path, workdir: Path) -> Served | None:
     """vLLM's own OpenAI server, with the engine settings our vllm engine gives it."""
     settings = VllmSettings(**vllm_settings(python, eager=False)["vllm"])
     spec = VllmSpec(
@@ -156,7 +214,7 @@ def measure_vllm_alone(
                 log.seek(0)
                 print("vLLM did not start:\n" + log.read()[-2000:], file=sys.stderr)
                 return None
-            return at_levels(base, "bench", prompts, new_tokens, None)
+            return measure_server(base, process.pid, "bench", work, None, IGNORE_EOS)
         finally:
             stop(process)
 
@@ -182,14 +240,12 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def measure_transformers_serve(
-    folder: Path, prompts: list[str], new_tokens: int, tokenizer, device: str
-) -> Throughput | None:
+def measure_transformers_serve(folder: Path, work: Workload, tokenizer, device: str) -> Served | None:
     """transformers' own server with continuous batching, its paged cache sized to what ours holds."""
     executable = shutil.which("transformers", path=str(Path(sys.executable).parent))
     if executable is None:
         return None
-    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts) + new_tokens
+    longest = max(len(tokenizer(p)["input_ids"]) for p in [*work.prompts, work.long_prompt]) + work.new_tokens
     block = 32
     blocks = CONCURRENCY * math.ceil(longest / block) + CONCURRENCY  # every stream at its longest, plus slack
     port = free_port()
@@ -209,11 +265,14 @@ def measure_transformers_serve(
                 return None
             # Same work as ours: exactly new_tokens per request (its way to say ignore_eos). Its streams
             # end with the usage chunk, without [DONE].
-            config = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+            config = {
+                "max_new_tokens": work.new_tokens,
+                "min_new_tokens": work.new_tokens,
+                "do_sample": False,
+            }
             extra = {"generation_config": json.dumps(config)}
-            streams(base, bodies(str(folder), prompts[:2], 4, extra), 2, expect_done=False)
-            return streams(
-                base, bodies(str(folder), prompts, new_tokens, extra), CONCURRENCY, expect_done=False
+            return measure_server(
+                base, process.pid, str(folder), work, None, extra, (CONCURRENCY,), expect_done=False
             )
         finally:
             stop(process)
@@ -233,23 +292,32 @@ def measure_model(
     dtype = torch.bfloat16 if device == "cuda" else torch.float32  # what each engine's auto picks there
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     prompts = bench_prompts(tokenizer, prompt_count)
+    # Room for the generated tokens and for re-tokenizing the decoded text, which may differ by a few.
+    near_limit = model.config.max_position_embeddings - new_tokens - 16
+    work = Workload(prompts, long_prompt(tokenizer, near_limit), new_tokens)
     generate_padded(model, tokenizer, prompts[:2], 2)  # warm kernels
     with torch.inference_mode():
         a = generate_sequential(model, tokenizer, prompts, new_tokens)
         b = generate_padded(model, tokenizer, prompts, new_tokens)
     del model
     torch_engine = {"scheduler": {"torch_threads": None}, "model": {"device": device}}
-    ours = measure_ours(folder, prompts, new_tokens, workdir, torch_engine)
-    t16 = measure_transformers_serve(folder, prompts, new_tokens, tokenizer, device)
-    row = {"label": label, "a": a, "b": b, "c1": ours[1], "c16": ours[16], "t16": t16, "levels": {}}
-    row["levels"]["ours, torch engine"] = ours
+    servers: dict[str, Served | None] = {
+        "ours, torch engine": measure_ours(folder, work, workdir, torch_engine)
+    }
     if vllm is not None:
-        front = measure_ours(folder, prompts, new_tokens, workdir, vllm_settings(vllm, eager=False))
-        alone = measure_vllm_alone(folder, prompts, new_tokens, vllm, workdir)
-        row["levels"]["ours, vllm engine"] = front
-        row["levels"]["vLLM alone"] = alone
-        row["v16"], row["V16"] = front[16], alone[16] if alone else None
-    return row
+        servers["ours, vllm engine"] = measure_ours(folder, work, workdir, vllm_settings(vllm, eager=False))
+        servers["vLLM alone"] = measure_vllm_alone(folder, work, vllm, workdir)
+    servers["transformers serve"] = measure_transformers_serve(folder, work, tokenizer, device)
+    return {"label": label, "a": a, "b": b, "servers": servers}
+
+
+def at(row: dict, server: str, level: int) -> Throughput | None:
+    measured = row["servers"].get(server)
+    return measured.levels.get(level) if measured else None
+
+
+def rate(measured: Throughput | None) -> float:
+    return measured.tokens_per_second if measured else math.nan
 
 
 def print_table(rows: list[dict]) -> None:
@@ -258,45 +326,79 @@ def print_table(rows: list[dict]) -> None:
           "t16: transformers serve, 16 | c16/a | c16/b | c1/a | c16/t16 |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        a, b, c1, c16, t16 = (
-            r[k].tokens_per_second if r[k] else math.nan for k in ("a", "b", "c1", "c16", "t16")
-        )
+        a, b = r["a"].tokens_per_second, r["b"].tokens_per_second
+        c1, c16 = rate(at(r, "ours, torch engine", 1)), rate(at(r, "ours, torch engine", CONCURRENCY))
+        t16 = rate(at(r, "transformers serve", CONCURRENCY))
         print(
             f"| {r['label']} | {a:.0f} tok/s | {b:.0f} tok/s | {c1:.0f} tok/s | {c16:.0f} tok/s "
             f"| {t16:.0f} tok/s | {c16 / a:.2f} | {c16 / b:.2f} | {c1 / a:.2f} | {c16 / t16:.2f} |"
         )
-    if any("v16" in r for r in rows):
+    if any("vLLM alone" in r["servers"] for r in rows):
         print()
         print("| model | v16: ours over vLLM, 16 | V16: vLLM alone, 16 | v16/V16 | c16/V16 | "
-              "front's added TTFT p50 (v16 - V16) |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
+              "front's added TTFT p50 (v16 - V16) | front's added CPU per token (v16 - V16) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
-            v16, big_v16, c16 = (
-                r[k].tokens_per_second if r.get(k) else math.nan for k in ("v16", "V16", "c16")
-            )
-            added = (
-                (ms(r["v16"].first_token_s, 50) - ms(r["V16"].first_token_s, 50))
-                if r.get("V16")
-                else math.nan
-            )
+            front, alone = r["servers"]["ours, vllm engine"], r["servers"]["vLLM alone"]
+            v16, big_v16 = at(r, "ours, vllm engine", CONCURRENCY), at(r, "vLLM alone", CONCURRENCY)
+            c16 = rate(at(r, "ours, torch engine", CONCURRENCY))
+            added_ttft = ms(v16.first_token_s, 50) - ms(big_v16.first_token_s, 50) if big_v16 else math.nan
+            added_cpu = front.cpu_us_total - alone.cpu_us_total if alone else math.nan
             print(
-                f"| {r['label']} | {v16:.0f} tok/s | {big_v16:.0f} tok/s | {v16 / big_v16:.2f} | "
-                f"{c16 / big_v16:.2f} | {added:+.1f} ms |"
+                f"| {r['label']} | {rate(v16):.0f} tok/s | {rate(big_v16):.0f} tok/s | "
+                f"{rate(v16) / rate(big_v16):.2f} | {c16 / rate(big_v16):.2f} | {added_ttft:+.1f} ms | "
+                f"{added_cpu:+.0f} us |"
             )
     print()
     print("| model | server | streams | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        for server, levels in r["levels"].items():
-            for level, t in (levels or {}).items():
+        for server, measured in r["servers"].items():
+            for level, t in (measured.levels if measured else {}).items():
                 print(
                     f"| {r['label']} | {server} | {level} | {t.tokens_per_second:.0f} "
                     f"| {ms(t.first_token_s, 50):.0f} ms | {ms(t.first_token_s, 99):.0f} ms "
                     f"| {ms(t.inter_token_s, 50):.1f} ms | {ms(t.inter_token_s, 99):.1f} ms |"
                 )
+    print()
+    print(f"CPU time per generated token at {CONCURRENCY} streams, by process (user + system, from /proc):")
+    print()
+    print("| model | server | total | by process |")
+    print("|---|---|---|---|")
+    for r in rows:
+        for server, measured in r["servers"].items():
+            if measured:
+                parts = ", ".join(
+                    f"{name} {us:.0f} us"
+                    for name, us in sorted(measured.cpu_us_per_token.items())
+                    if us >= 0.5
+                )
+                print(f"| {r['label']} | {server} | {measured.cpu_us_total:.0f} us | {parts} |")
+    print()
+    print(f"Mixed workload: {CONCURRENCY} streams, one prompt in {CONCURRENCY} near the context limit; peak")
+    print(f"resident memory of each server's processes then and in the uniform run at {CONCURRENCY} streams:")
+    print()
+    print(
+        "| model | server | tok/s | TTFT p99 | peak memory, uniform | peak memory, mixed | mixed - uniform |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for server, measured in r["servers"].items():
+            if measured:
+                t = measured.mixed
+                print(
+                    f"| {r['label']} | {server} | {t.tokens_per_second:.0f} "
+                    f"| {ms(t.first_token_s, 99):.0f} ms "
+                    f"| {measured.uniform_peak_mb:.0f} MB | {measured.mixed_peak_mb:.0f} MB "
+                    f"| {measured.mixed_peak_mb - measured.uniform_peak_mb:+.0f} MB |"
+                )
     failed = sum(
-        t.failed for r in rows for levels in r["levels"].values() for t in (levels or {}).values()
-    ) + sum(r["t16"].failed for r in rows if r["t16"])
+        t.failed
+        for r in rows
+        for measured in r["servers"].values()
+        if measured
+        for t in [*measured.levels.values(), measured.mixed]
+    )
     print(f"\nfailed requests: {failed}; machine: {os.cpu_count()} CPU threads, torch {torch.__version__}")
 
 

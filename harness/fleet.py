@@ -142,6 +142,11 @@ class LocalFleet:
                 pids[f"localhost-{i}"] = int(pid)
         return pids
 
+    def replica_metrics(self, instance: int) -> str:
+        """The instance's /metrics, from its internal listener (which HAProxy does not forward to)."""
+        port = self.settings["model_runtime_metrics_base_port"] + instance - 1
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
     def replica_readiness(self, instance: int) -> str | None:
         """The instance's own /health/ready status ("ready", "stalled", ...), asked directly (not through
         HAProxy); None when it does not answer."""

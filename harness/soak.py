@@ -14,9 +14,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from harness.load import Load, Outcome, completions
+from harness.processes import rss_mb
 
 # Few batch slots and queue places, so that a laptop's worth of clients is already an overload.
 OVERLOAD_SETTINGS = {"scheduler": {"max_batch_size": 4, "max_queue": 4}, "logging": {"json": True}}
@@ -54,26 +54,6 @@ class SoakResult:
             self.refused_without_retry_after += not outcome.retry_after
         else:
             self.lost.append(outcome.error[:200])
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the runtime's engine process), in MB."""
-    total = 0.0
-    for each in [pid, *_children(pid)]:
-        try:
-            status = Path(f"/proc/{each}/status").read_text()
-        except OSError:
-            continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")) / 1024
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        found = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return found + [grand for child in found for grand in _children(child)]
 
 
 def soak(

@@ -24,6 +24,7 @@ from harness.fleet import KEY, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
+from harness.vllm_env import vllm_engine_settings
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,15 @@ SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
 SERVICE = role_defaults("model_runtime")["model_runtime_service_name"]  # instance N's program: SERVICE-N
 # A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
 STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
-RUNTIME_SETTINGS = {**OVERLOAD_SETTINGS, "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL}}
+RUNTIME_SETTINGS = {
+    **OVERLOAD_SETTINGS,
+    "scheduler": {**OVERLOAD_SETTINGS["scheduler"], **STALL},
+    "vllm": vllm_engine_settings(),  # for the upgrade to vLLM below (the role gives vLLM its interpreter)
+}
 
 
 @pytest.fixture(scope="module")
-def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
+def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPathFactory):
     # Few batch slots and queue places per replica, so that the short soak below is an overload.
     fleet = LocalFleet(
         tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
@@ -49,6 +54,8 @@ def fleet(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     # FATAL ends the readiness wait: the broken release stops at the first instance just the same,
     # two model loads sooner.
     fleet.settings["model_runtime_start_retries"] = 1
+    # The vLLM build this machine has (its CPU build, its own environment): the upgrade rolls to it.
+    fleet.settings["model_runtime_vllm_python"] = str(vllm_python)
     # The operator's PYTHONPATH leads to a uvicorn that cannot be imported: the instances (and the role's
     # compile of what they import) must not see it, though supervisord starts from this very run.
     decoy = tmp_path_factory.mktemp("operator-pythonpath")
@@ -104,12 +111,26 @@ def test_second_run_changes_nothing(fleet: LocalFleet) -> None:
     assert again.changed() == 0, [line for line in again.output.splitlines() if line.startswith("changed")]
 
 
-def test_rolling_upgrade_of_runtime_and_model_drops_nothing(fleet: LocalFleet) -> None:
-    upgrade = {"model_runtime_version": fleet.new_runtime, "model_artifacts_source": str(fleet.v2)}
+def engines(fleet: LocalFleet) -> dict[str, str]:
+    return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
+
+
+def test_rolling_upgrade_of_runtime_model_and_engine_drops_nothing(fleet: LocalFleet) -> None:
+    """A new runtime and model, served by vLLM instead of the torch engine: one release, rolled one
+    instance at a time (the engine change rides on this roll rather than one of its own: each roll over
+    the fleet takes minutes here)."""
+    upgrade = {
+        "model_runtime_version": fleet.new_runtime,
+        "model_artifacts_source": str(fleet.v2),
+        "model_runtime_engine": "vllm",
+    }
     run, traffic = fleet.run_under_load("upgrade.yml", upgrade)
     assert run.returncode == 0, run.output[-5000:]
     assert traffic.failures == [], traffic.failures[:3]
     assert fleet.releases() == {i: (fleet.new_runtime, "v2", "serving") for i in INSTANCES}
+    assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
+    for i in range(1, REPLICAS + 1):  # vLLM serves: its own metrics beside ours
+        assert "vllm:num_requests_running" in fleet.replica_metrics(i)
     new = f"model-runtime-{fleet.new_runtime}:demo@v2"
     assert new in {o.fingerprint for o in traffic.outcomes}
     assert f"0 of {REPLICAS} instances differ" in run.output
@@ -126,6 +147,7 @@ def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> No
     wanted = {
         "model_runtime_version": fleet.new_runtime,
         "model_artifacts_source": str(fleet.v2),
+        "model_runtime_engine": "vllm",
         "json": True,
     }
     run = fleet.run("status.yml", wanted, env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
@@ -139,10 +161,14 @@ def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> No
 
 
 def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
+    """Back to the previous runtime and model, and to the torch engine, which the tests after this use."""
     run, traffic = fleet.run_under_load("rollback.yml", {})
     assert run.returncode == 0, run.output[-5000:]
     assert traffic.failures == [], traffic.failures[:3]
     assert fleet.releases() == {i: (fleet.old_runtime, fleet.old_model, "serving") for i in INSTANCES}
+    assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")
+    for i in range(1, REPLICAS + 1):
+        assert "vllm:" not in fleet.replica_metrics(i)
 
 
 def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: LocalFleet) -> None:

@@ -156,3 +156,14 @@ def test_vllm_on_cpu_leaves_its_threads_unbound_unless_the_operator_binds_them()
     assert (
         vllm_environment(spec(), {"VLLM_CPU_OMP_THREADS_BIND": "2-3"})["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
     )
+
+
+def test_one_device_runs_the_model_in_vllms_engine_core_process() -> None:
+    one, two = spec(), spec(tensor_parallel_size=2, engine="vllm")
+    # One device: no worker process of vLLM's own (on a CPU it polled its queues at a core's cost).
+    assert engine_args(one)["distributed_executor_backend"] == "uni"
+    assert vllm_environment(one, {})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert "--distributed-executor-backend uni" in " ".join(cli_flags(engine_args(one)))  # vLLM alone too
+    # Several: vLLM's own choice of executor, one worker process per device.
+    assert "distributed_executor_backend" not in engine_args(two)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_environment(two, {})

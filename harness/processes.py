@@ -1,0 +1,91 @@
+"""What a server's processes cost, read from /proc (Linux): the tree under a process, its resident
+memory, and the CPU time each process of it has used. The soak and the serving benchmark share these."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """pid and every process below it (children of any of its threads: a thread may start one)."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    children = []
+    for thread in threads:
+        try:
+            children += [int(c) for c in (thread / "children").read_text().split()]
+        except OSError:
+            continue
+    return [pid] + [each for child in children for each in tree(child)]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and every process below it, in MB."""
+    total = 0
+    for each in tree(pid):
+        try:
+            total += int(Path(f"/proc/{each}/statm").read_text().split()[1])
+        except OSError:
+            continue  # ended meanwhile
+    return total * PAGE / 2**20
+
+
+def role(pid: int) -> str:
+    """A process's name for a report: vLLM's title (VLLM::EngineCore), the module run with -m, or the
+    program's name."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    if argv[0].startswith("VLLM::"):
+        return argv[0].split()[0]
+    if "-m" in argv[:-1]:
+        module = argv[argv.index("-m") + 1]
+        return f"{module} {argv[argv.index('-m') + 2]}" if module == "model_runtime" else module
+    if any("spawn_main" in arg for arg in argv):
+        return "engine (multiprocessing child)"
+    return Path(argv[0]).name
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process of the tree, by role; processes of the same
+    role are summed."""
+    used: dict[str, float] = {}
+    for each in tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            name = role(each)
+        except OSError:
+            continue
+        # utime and stime are the 14th and 15th fields of stat; fields[0] here is the 3rd (state).
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+class PeakMemory:
+    """The highest resident memory of a process tree while the block runs, sampled every interval_s."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.before_mb = 0.0
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self.before_mb = self.peak_mb = rss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
