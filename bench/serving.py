@@ -10,11 +10,12 @@
   V16  vLLM alone (its own OpenAI server, same engine settings), 16 concurrent streams
 
 on the demo model and on a ~100M-parameter Llama with random weights. Prints tokens/s and the ratios,
-then, for this server over each engine and for vLLM alone, tokens/s and the time to first token and
-inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent streams; the CPU time
-each process of each server spent per generated token at 16 streams (from /proc: what a front costs);
-and a mixed workload (16 streams, one prompt in 16 near the model's context limit) with each server's
-throughput and peak resident memory (its whole process tree, sampled every 50 ms; host memory, not GPU).
+then, for this server over each engine, vLLM alone and transformers serve, tokens/s and the time to
+first token and inter-token latency (p50/p99, from each stream's events) at 1, 16 and 64 concurrent
+streams; the CPU time each process of each server spent per generated token at 16 streams (from /proc:
+what a front costs); and a mixed workload (16 streams, one prompt in 16 near the model's context limit)
+with each server's throughput and peak resident memory (its whole process tree, sampled every 50 ms;
+host memory, not GPU).
 Run: make bench   (or: .venv/bin/python bench/serving.py [--quick] [--no-vllm], or python -m bench.serving)
 
 On a machine with an NVIDIA GPU (no hub needed): `python -m bench.serving --device cuda --vllm-python
@@ -271,9 +272,7 @@ def measure_transformers_serve(folder: Path, work: Workload, tokenizer, device: 
                 "do_sample": False,
             }
             extra = {"generation_config": json.dumps(config)}
-            return measure_server(
-                base, process.pid, str(folder), work, None, extra, (CONCURRENCY,), expect_done=False
-            )
+            return measure_server(base, process.pid, str(folder), work, None, extra, expect_done=False)
         finally:
             stop(process)
 
