@@ -40,12 +40,13 @@ def rss_mb(pid: int) -> float:
 def role(pid: int) -> str:
     """A process's name for a report: vLLM's title (VLLM::EngineCore), the module run with -m, or the
     program's name."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
     if argv[0].startswith("VLLM::"):
         return argv[0].split()[0]
     if "-m" in argv[:-1]:
-        module = argv[argv.index("-m") + 1]
-        return f"{module} {argv[argv.index('-m') + 2]}" if module == "model_runtime" else module
+        at = argv.index("-m") + 1
+        # The runtime's own command names its role (serve); a module run is its name otherwise.
+        return " ".join(filter(None, argv[at : at + 2])) if argv[at] == "model_runtime" else argv[at]
     if any("spawn_main" in arg for arg in argv):
         return "engine (multiprocessing child)"
     return Path(argv[0]).name
