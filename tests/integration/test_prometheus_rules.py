@@ -1,5 +1,7 @@
 """deploy/prometheus/rules.yml checked and its alerts' unit tests (rules_test.yml) run by Prometheus's
-own promtool (apt package prometheus): a crash-looping replica raises ModelRuntimeRestarting."""
+own promtool (apt package prometheus): a crash-looping replica raises ModelRuntimeRestarting, more than
+1% of 5xx (and no count of 4xx) raises ModelRuntimeServerErrors, and a queue that waits while the
+replica refuses (429) raises ModelRuntimeQueueBacklog, a queue or refusals alone do not."""
 
 from __future__ import annotations
 
