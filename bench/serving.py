@@ -155,7 +155,6 @@ def measure_server(
     work: Workload,
     api_key: str | None,
     extra: dict,
-    levels: tuple[int, ...] = LEVELS,
     expect_done: bool = True,
 ) -> Served:
     """The prompts at each level of concurrency (twice over at 64, so that every stream has company),
@@ -167,7 +166,7 @@ def measure_server(
 
     send(work.prompts[:2], 4, 2)  # warm the path
     measured = {}
-    for level in levels:
+    for level in LEVELS:
         if level != CONCURRENCY:
             measured[level] = send(work.prompts * (1 + level // 64), work.new_tokens, level)
             continue

@@ -11,19 +11,26 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree(pid: int) -> list[int]:
-    """pid and every process below it (children of any of its threads: a thread may start one)."""
+def children(pid: int) -> list[int]:
+    """The processes pid started, from any of its threads (a thread may start one); none once it ended."""
     try:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return []
-    children = []
+    found = []
     for thread in threads:
         try:
-            children += [int(c) for c in (thread / "children").read_text().split()]
+            found += [int(c) for c in (thread / "children").read_text().split()]
         except OSError:
-            continue
-    return [pid] + [each for child in children for each in tree(child)]
+            continue  # the thread ended meanwhile
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    """pid and every process below it, each before its own children; empty once pid ended."""
+    if not Path(f"/proc/{pid}").is_dir():
+        return []
+    return [pid] + [each for child in children(pid) for each in tree(child)]
 
 
 def rss_mb(pid: int) -> float:

@@ -17,6 +17,7 @@ import openai
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import children
 from model_runtime.readiness import NotReady, ready_url, wait_ready
 
 API_KEY = "test-key-0123456789"
@@ -130,10 +131,9 @@ def engine_pid(server_pid: int, marker: str = "spawn_main") -> int:
     """A server's engine process: its child whose command line has marker (the builtin engine's process
     is started by multiprocessing's spawn; the vllm engine's runs model_runtime.vllm.worker, and vLLM's
     engine core, titled VLLM::EngineCore, is that one's child)."""
-    threads = Path(f"/proc/{server_pid}/task").iterdir()  # any thread may have started it
-    for child in (c for thread in threads for c in (thread / "children").read_text().split()):
+    for child in children(server_pid):
         if marker in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-            return int(child)
+            return child
     raise AssertionError(f"no process with {marker!r} under {server_pid}")
 
 

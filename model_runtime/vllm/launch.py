@@ -23,6 +23,7 @@ from pathlib import Path
 import model_runtime
 from model_runtime.scheduler.worker.parent import ChildProcess
 from model_runtime.vllm.interpreter import foreign_environment
+from model_runtime.vllm.params import engine_args
 from model_runtime.vllm.spec import VllmSpec
 
 WORKER_MODULE = "model_runtime.vllm.worker"
@@ -55,10 +56,10 @@ def vllm_environment(spec: VllmSpec, base: dict[str, str]) -> dict[str, str]:
     # every instance of a host would compute on core 0 (the second of two on one host never became ready
     # within 3 minutes here). Unbound, the system spreads them; an operator's own binding is kept.
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    if spec.model.gpus == 1:
-        # vLLM's CPU build turns a one-process executor ("uni", engine_args) back into worker processes
-        # unless this is 0. Its async engine, ours and its server's, keeps the engine core in a process of
-        # its own whatever this says.
+    if engine_args(spec).get("distributed_executor_backend") == "uni":
+        # vLLM's CPU build turns the one-process executor back into worker processes unless this is 0.
+        # Its async engine, ours and its server's, keeps the engine core in a process of its own whatever
+        # this says.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
 

@@ -45,8 +45,8 @@ def engine_args(spec: VllmSpec) -> dict[str, Any]:
         # One device: the model runs inside vLLM's engine-core process, as vLLM does by default on a GPU.
         # On a CPU its default is a worker process of its own, which spins on its shared-memory queue for
         # a second after each message, so all the time it serves: on 2 cores the pair took 2.6 ms of CPU
-        # per token where the one process takes 1.4 (docs/benchmarks.md). vllm_environment lets the CPU
-        # build keep this choice.
+        # per token where the one process takes 1.4 (docs/benchmarks.md). vllm_environment sets what
+        # lets the CPU build keep this choice.
         args["distributed_executor_backend"] = "uni"
     return args
 
