@@ -1,5 +1,6 @@
 """`python -m fleet_ops ...`, the control node's command: `cloud scale` and `cloud schedules`, scale runs
-of the cloud fleet outside Pulumi (boto3; credentials and region the usual AWS way, or --region)."""
+of the cloud fleet outside Pulumi (boto3; credentials and region the usual AWS way, or --region), and
+`autoscale`, the metal fleet's autoscaler."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from fleet_ops.autoscale.service import main as autoscale_main
 from fleet_ops.cloud_scale import CloudError, autoscaling_client, scale, scheduled_actions
 
 
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.add_argument("--region", help="AWS region (default: the usual AWS configuration)")
     schedules.add_argument("--json", action="store_true", help="print JSON")
     schedules.set_defaults(run=_schedules)
+
+    autoscale = commands.add_parser("autoscale", help="the metal fleet's autoscaler (a long-running service)")
+    autoscale.add_argument("--config", required=True, help="its YAML file (fleet_ops/autoscale/service.py)")
+    autoscale.add_argument("--dry-run", action="store_true", help="print each decision, change nothing")
+    autoscale.add_argument("--once", action="store_true", help="one reading and decision, then exit")
+    autoscale.add_argument("--check", action="store_true", help="check the configuration file, then exit")
+    autoscale.set_defaults(run=lambda args: autoscale_main(args.config, args.dry_run, args.once, args.check))
     return parser
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from fleet_ops.inventory import FleetHost, load_fleet
+from fleet_ops.prometheus import Prometheus
 from harness import REPO
 from harness.load import Load, completions
 from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
@@ -94,6 +95,12 @@ class LocalFleet:
             "model_runtime_metrics_base_port": ports + self.instances,
             "loadbalancer_port": free_port(),
             "loadbalancer_stats_port": free_port(),
+            "monitoring_prometheus_port": free_port(),
+            "monitoring_alertmanager_port": free_port(),
+            "monitoring_scrape_interval": "2s",
+            "monitoring_evaluation_interval": "2s",
+            "exporters_node_port": free_port(),
+            "autoscaler_metrics_port": free_port(),  # not a role variable: LocalFleet.autoscaler passes it
             "model_runtime_api_keys": [KEY],
             "model_runtime_ready_timeout_s": 180,
             "model_runtime_pip_args": f"--no-index --find-links {wheelhouse} --find-links {newer}",
@@ -142,10 +149,21 @@ class LocalFleet:
                 pids[f"localhost-{i}"] = int(pid)
         return pids
 
+    @property
+    def prometheus(self) -> Prometheus:
+        """The fleet's Prometheus (the monitoring role, on loopback)."""
+        return Prometheus(f"http://127.0.0.1:{self.settings['monitoring_prometheus_port']}")
+
+    def scrape_targets(self, job: str) -> set[str]:
+        """The addresses Prometheus scrapes for `job` now (from the targets files the roles wrote)."""
+        return {t.address for t in self.prometheus.targets() if t.job == job}
+
+    def metrics_address(self, instance: int) -> str:
+        return f"127.0.0.1:{self.settings['model_runtime_metrics_base_port'] + instance - 1}"
+
     def replica_metrics(self, instance: int) -> str:
         """The instance's /metrics, from its internal listener (which HAProxy does not forward to)."""
-        port = self.settings["model_runtime_metrics_base_port"] + instance - 1
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return httpx.get(f"http://{self.metrics_address(instance)}/metrics", timeout=10).text
 
     def replica_readiness(self, instance: int) -> str | None:
         """The instance's own /health/ready status ("ready", "stalled", ...), asked directly (not through
@@ -194,6 +212,46 @@ class LocalFleet:
         command = [str(self.prefix / "opt/model-runtime/supervisor/bin/supervisorctl"), "-c",
                    str(self.prefix / "etc/model-runtime/supervisor/supervisord.conf"), *args]  # fmt: skip
         return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+    def settings_file(self) -> Path:
+        """The fleet's settings as a private file, for runs started outside `run` (the runner, cron, the
+        autoscaler): `-e @FILE` keeps them, the API key among them, off command lines and logs."""
+        settings = self.root / "fleet-vars.json"
+        settings.touch(mode=0o600)
+        settings.write_text(json.dumps(self.settings))
+        return settings
+
+    def serving(self) -> int:
+        """How many instances the release record says serve (the rest a scale run took out)."""
+        return [state for _, _, state in self.releases().values()].count("serving")
+
+    def autoscaler(
+        self, enabled: bool, policy: dict, interval_s: float = 2, window_s: int = 10
+    ) -> PlaybookRun:
+        """control.yml with the autoscaler on (these rules, a reading every interval_s averaged over
+        window_s) or off. Its scale runs get the fleet's settings from a private file: its path, not the
+        settings (the API key among them), goes on their command line and into the runner's log."""
+        settings = self.settings_file()
+        return self.run("control.yml", {
+            "control_node_autoscaler_enabled": enabled,
+            "control_node_autoscaler_policy": policy,
+            "control_node_autoscaler_prometheus": self.prometheus.url,
+            "control_node_autoscaler_interval_s": interval_s,
+            "control_node_autoscaler_window_s": window_s,
+            "control_node_autoscaler_metrics_port": self.settings["autoscaler_metrics_port"],
+            "control_node_autoscaler_playbook_args": ["-e", f"@{settings}"],
+        })  # fmt: skip
+
+    def autoscaler_decisions(self) -> list[dict]:
+        """Every decision the autoscaler logged, with its time (one JSON object a line after the log's
+        time and level)."""
+        log = self.prefix / "var/log/model-runtime/fleet-autoscaler.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [
+            {**json.loads(line[line.index("{") :]), "logged": line[:19]}
+            for line in lines
+            if '{"decision"' in line
+        ]
 
     def stop(self) -> PlaybookRun:
         return self.run("stop.yml")

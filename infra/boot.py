@@ -226,6 +226,7 @@ class Boot:
             "model_runtime_python": self.python,
             "model_runtime_prefix": prefix,
             "model_artifacts_prefix": prefix,
+            "cloud_metrics_prefix": prefix,
         }
 
     def playbook(self, bundle: Path, venv: Path, vars_file: Path, keys_file: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from infra.config import StackConfig
+from infra.metrics import FLEET_DIMENSION, METRICS_NAMESPACE
 
 TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.yaml.j2"
 # Runs on the instance, not in this program: user data carries it there (gzip, base64).
@@ -47,7 +48,7 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def boot_config(settings: StackConfig, bucket: str, region: str) -> dict[str, Any]:
+def boot_config(settings: StackConfig, bucket: str, region: str, fleet_name: str) -> dict[str, Any]:
     """What boot.py needs: where the bundle and the keys are, and the roles' variables. Role variables
     not set here keep the playbook's cloud defaults (playbooks/cloud-instance.yml)."""
     fleet = settings.fleet
@@ -60,6 +61,12 @@ def boot_config(settings: StackConfig, bucket: str, region: str) -> dict[str, An
             {"scheduler": {}, "logging": {"json": True}}, fleet.instance_settings
         ),
         **fleet.engine_vars,
+        # The queue depth and time to first token to CloudWatch, which the group's target tracking reads.
+        "cloud_metrics_enabled": True,
+        "cloud_metrics_region": region,
+        "cloud_metrics_namespace": METRICS_NAMESPACE,
+        "cloud_metrics_dimensions": {FLEET_DIMENSION: fleet_name},
+        "cloud_metrics_interval_s": fleet.metrics_interval_s,
     }
     if fleet.torch_requirement:
         role_vars["model_runtime_torch_requirement"] = fleet.torch_requirement

@@ -12,7 +12,11 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.components.gpu_fleet_role import instance_role
-from infra.components.gpu_fleet_scaling import scheduled_scale_run, track_requests_per_instance
+from infra.components.gpu_fleet_scaling import (
+    scheduled_scale_run,
+    track_queue_per_instance,
+    track_requests_per_instance,
+)
 from infra.components.gpu_fleet_template import launch_template
 from infra.config import StackConfig
 from infra.config.fleet import FleetConfig
@@ -113,10 +117,13 @@ class GpuFleet(pulumi.ComponentResource):
         settings, fleet = args.settings, args.settings.fleet
         region = aws.get_region_output(opts=invoke).region
 
+        # The instances' CloudWatch dimension: the project and stack, known before any resource exists.
+        fleet_name = f"{pulumi.get_project()}-{pulumi.get_stack()}"
         identity = instance_role(name, settings, args.bucket_arn, region, child, invoke)
         template = launch_template(
             name,
             settings,
+            fleet_name=fleet_name,
             instance_profile_arn=identity.profile.arn,
             security_group_id=args.security_group_id,
             bucket_name=args.bucket_name,
@@ -125,6 +132,8 @@ class GpuFleet(pulumi.ComponentResource):
             invoke=invoke,
         )
         group = auto_scaling_group(name, fleet, template, args.subnet_ids, args.target_group_arn, child)
+        if fleet.target_queue_per_instance:
+            track_queue_per_instance(name, group, fleet_name, fleet.target_queue_per_instance, child)
         if fleet.target_requests_per_instance:
             track_requests_per_instance(
                 name, group, args.request_count_label, fleet.target_requests_per_instance, child

@@ -13,6 +13,7 @@ import pulumi_aws as aws
 
 from infra.config import StackConfig
 from infra.config.values import ApiKeysRef
+from infra.metrics import METRICS_NAMESPACE
 
 ASSUME_ROLE_POLICY = json.dumps(
     {
@@ -76,6 +77,15 @@ def instance_policy(
         # bucket holds nothing but the registry and the bundles.
         {"Sid": "ListModelsAndBundles", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn},
         keys,
+        # The runtime's queue and time to first token (the cloud_metrics role), into the fleet's
+        # namespace only: PutMetricData has no resource to scope, its namespace is the condition.
+        {
+            "Sid": "PublishFleetMetrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+        },
         # Session Manager instead of SSH. Not AmazonSSMManagedInstanceCore: that managed policy also
         # grants ssm:GetParameter on every parameter of the account.
         {
@@ -122,7 +132,7 @@ def instance_role(
     partition = aws.get_partition_output(opts=invoke).partition
     role = aws.iam.Role(
         f"{name}-instance",
-        description="model-runtime GPU instances: the artifact bucket, the API keys, SSM",
+        description="model-runtime GPU instances: the artifact bucket, the API keys, SSM, metrics",
         assume_role_policy=ASSUME_ROLE_POLICY,
         opts=opts,
     )

@@ -1,11 +1,13 @@
-"""What moves the GPU group's desired capacity: target tracking on the load balancer's requests per
-instance, and the schedule file's scale runs as scheduled actions."""
+"""What moves the GPU group's desired capacity: target tracking on the sequences waiting per instance
+(the runtime's queue, which each instance publishes to CloudWatch) and, as an option, on the load
+balancer's requests per instance; and the schedule file's scale runs as scheduled actions."""
 
 from __future__ import annotations
 
 import pulumi
 import pulumi_aws as aws
 
+from infra.metrics import FLEET_DIMENSION, METRICS_NAMESPACE
 from infra.schedules import Schedule
 
 
@@ -24,6 +26,29 @@ def track_requests_per_instance(
             "predefined_metric_specification": {
                 "predefined_metric_type": "ALBRequestCountPerTarget",
                 "resource_label": request_count_label,
+            },
+            "target_value": float(target),
+        },
+        opts=opts,
+    )
+
+
+def track_queue_per_instance(
+    name: str, group: aws.autoscaling.Group, fleet_name: str, target: float, opts: pulumi.ResourceOptions
+) -> aws.autoscaling.Policy:
+    """The group's average of each instance's QueueDepth: it grows with the work waiting, whatever
+    the prompts' lengths, and shrinks as instances are added (what target tracking needs)."""
+    return aws.autoscaling.Policy(
+        f"{name}-queue-per-instance",
+        autoscaling_group_name=group.name,
+        policy_type="TargetTrackingScaling",
+        target_tracking_configuration={
+            "customized_metric_specification": {
+                "metric_name": "QueueDepth",
+                "namespace": METRICS_NAMESPACE,
+                "statistic": "Average",
+                "unit": "Count",
+                "metric_dimensions": [{"name": FLEET_DIMENSION, "value": fleet_name}],
             },
             "target_value": float(target),
         },

@@ -38,6 +38,7 @@ def launch_template(
     name: str,
     settings: StackConfig,
     *,
+    fleet_name: str,
     instance_profile_arn: pulumi.Input[str],
     security_group_id: pulumi.Input[str],
     bucket_name: pulumi.Input[str],
@@ -49,7 +50,9 @@ def launch_template(
     fleet = settings.fleet
     ami = find_ami(fleet, invoke)
     user_data = pulumi.Output.all(bucket_name, region).apply(
-        lambda v: render_user_data(boot_config(settings, v[0], v[1]), fleet.boot_packages, settings.model)
+        lambda v: render_user_data(
+            boot_config(settings, v[0], v[1], fleet_name), fleet.boot_packages, settings.model
+        )
     )
     return aws.ec2.LaunchTemplate(
         f"{name}-lt",

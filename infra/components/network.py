@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-# Interface endpoints an instance needs without NAT: SSM (Parameter Store and Session Manager).
-SSM_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
+# Interface endpoints an instance needs without NAT: SSM (Parameter Store and Session Manager) and
+# CloudWatch's metrics API (monitoring: the instances publish their queue depth there).
+INSTANCE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "monitoring")
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Network(pulumi.ComponentResource):
                 tags={"Name": f"{name}-endpoints"},
                 opts=child,
             )
-            for service in (*SSM_ENDPOINTS, *args.extra_endpoints):
+            for service in (*INSTANCE_ENDPOINTS, *args.extra_endpoints):
                 aws.ec2.VpcEndpoint(
                     f"{name}-{service}",
                     vpc_id=vpc.id,

@@ -114,7 +114,13 @@ class FleetConfig(Section):
     key_name: str | None = None
     runtime_port: Whole = Field(RUNTIME_PORT, ge=1024, le=65535)
     health_check_grace_s: Whole = Field(900, ge=0, alias="healthCheckGraceSeconds")
+    # Target tracking on the ALB's requests per instance: off (0) by default, an option beside the queue.
     target_requests_per_instance: Whole = Field(0, ge=0)
+    # Target tracking on the sequences waiting per instance (CloudWatch, published by each instance's
+    # cloud_metrics role): the signal that grows with long prompts as well as with many. 0: off.
+    target_queue_per_instance: float = Field(2.0, ge=0)
+    # Seconds between two data points each instance publishes.
+    metrics_interval_s: Whole = Field(60, ge=10)
     refresh: RefreshConfig
     schedule_file: Annotated[ScheduleFile, PlainValidator(_read_schedule_file)] = Field(
         DEFAULT_SCHEDULES, alias="schedules", validate_default=True

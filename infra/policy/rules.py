@@ -61,6 +61,7 @@ BUCKET_ENCRYPTION = frozenset(
 )
 PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
 class Unknown:
@@ -307,6 +308,36 @@ def listener_forwards_no_default(resource: Resource) -> Iterator[str]:
             )
 
 
+def metrics_publishing_scoped(resource: Resource) -> Iterator[str]:
+    """cloudwatch:PutMetricData has no resource to name: a grant of it must name the namespace (a
+    cloudwatch:namespace condition), or the instances could write into any namespace, AWS/... alarms'
+    inputs included."""
+    policy = get(resource.props, "policy")
+    if policy is UNKNOWN:
+        return
+    try:
+        document = json.loads(policy) if isinstance(policy, str) else policy
+    except ValueError:
+        return
+    for statement in items(get(document, "Statement")):
+        action = get(statement, "Action")
+        actions = [str(a).lower() for a in ([action] if isinstance(action, str) else items(action))]
+        grants = any(a in ("cloudwatch:putmetricdata", "cloudwatch:*", "*") for a in actions)
+        if get(statement, "Effect") != "Allow" or not grants:
+            continue
+        conditions = get(statement, "Condition") or {}
+        scoped = any(
+            isinstance(values, Mapping) and "cloudwatch:namespace" in values
+            for operator, values in (conditions.items() if isinstance(conditions, Mapping) else ())
+            if str(operator).startswith("StringEquals") or str(operator).startswith("StringLike")
+        )
+        if not scoped:
+            yield (
+                f"statement {get(statement, 'Sid') or '(no Sid)'} allows cloudwatch:PutMetricData without a "
+                "cloudwatch:namespace condition: name the fleet's namespace"
+            )
+
+
 RESOURCE_RULES: tuple[ResourceRule, ...] = (
     ResourceRule(
         "no-world-open-admin-or-runtime-port",
@@ -349,6 +380,12 @@ RESOURCE_RULES: tuple[ResourceRule, ...] = (
         f"Target groups health-check {READY_PATH}",
         TARGET_GROUPS,
         health_check_on_ready,
+    ),
+    ResourceRule(
+        "metrics-publishing-scoped",
+        "Roles may publish CloudWatch metrics only into a named namespace",
+        frozenset({ROLE_POLICY}),
+        metrics_publishing_scoped,
     ),
     ResourceRule(
         "listener-forwards-no-default",

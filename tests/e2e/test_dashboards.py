@@ -17,13 +17,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import REPO
+from harness.dashboard import DASHBOARD, dashboard_queries
 from harness.server import RuntimeProcess
 from tests.support.haproxy import HAProxy
 
 pytestmark = pytest.mark.e2e
 
 DEPLOY = REPO / "deploy"
-DASHBOARD = DEPLOY / "grafana" / "model-runtime.json"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 # Series Prometheus writes itself for every target, never scraped.
@@ -58,28 +58,6 @@ def metric_names(expr: str) -> set[str]:
 
     walk(promql_parser.parse(expr))
     return names
-
-
-def as_promql(grafana_expr: str) -> str:
-    """Grafana's range variables become a duration; variables inside label matchers are strings."""
-    return re.sub(r"\$__(rate_)?interval|\$__range", "5m", grafana_expr)
-
-
-def dashboard_queries() -> dict[str, str]:
-    """Every PromQL expression of the dashboard: panel targets and variable queries (the metric of
-    label_values(metric, label))."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    queries = {
-        f"{panel['title']} {target['refId']}": as_promql(target["expr"])
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-    }
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
-            assert match, f"variable {variable['name']}: not a label_values() query"
-            queries[f"${variable['name']}"] = match.group(1)
-    return queries
 
 
 def rules() -> list[dict]:

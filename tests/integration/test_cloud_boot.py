@@ -119,6 +119,8 @@ def instance_files(cloud: dict, name: str, **changes: object) -> tuple[Path, Pat
         model_runtime_listen_address="127.0.0.1",  # no VPC: loopback stands for the private address
         model_runtime_base_port=free_port(),
         model_runtime_ready_timeout_s=300,
+        cloud_metrics_python=sys.executable,  # this machine's python3 has no boto3 (an instance's has)
+        cloud_metrics_interval_s=10,  # the shortest the role allows: the test waits for two data points
     )
     config.update(changes)
     config_file = root / "boot.json"
@@ -199,6 +201,36 @@ def test_the_instance_runs_the_pinned_runtime_and_the_registry_version(instance:
     ).exists()
     status = json.loads((prefix / "var/lib/model-runtime/boot-status.json").read_text())
     assert status["ok"] is True
+
+
+def test_the_instance_publishes_its_queue_and_first_token_latency_to_cloudwatch(
+    instance: dict, cloud: dict
+) -> None:
+    """The cloud_metrics role's publisher (under supervisord here), into the namespace and fleet
+    dimension the group's target tracking reads (tests/unit/test_infra_stacks.py), in moto."""
+    assert instance["done"].returncode == 0
+    port = instance["config"]["vars"]["model_runtime_base_port"]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0)
+    cloudwatch = boto3.client("cloudwatch")
+    fleet = [{"Name": "Fleet", "Value": "model-runtime-dev"}]
+
+    def published(metric: str) -> list[dict]:
+        return cloudwatch.get_metric_statistics(
+            Namespace="ModelRuntime", MetricName=metric, Dimensions=fleet, Statistics=["Average"],
+            StartTime=time.time() - 600, EndTime=time.time() + 60, Period=60,
+        )["Datapoints"]  # fmt: skip
+
+    deadline = time.monotonic() + 90
+    while not published("TimeToFirstTokenP90") and time.monotonic() < deadline:
+        client.completions.create(model="demo", prompt="You may", max_tokens=4)  # a first token each interval
+        time.sleep(2)
+    ttft = published("TimeToFirstTokenP90")
+    assert ttft, "no TimeToFirstTokenP90 published"
+    assert 0 < ttft[0]["Average"] < 60
+    queue = published("QueueDepth")
+    assert queue
+    assert queue[0]["Average"] >= 0
+    assert published("RunningBatch")
 
 
 def test_the_key_exists_only_where_the_runtime_reads_it(instance: dict, cloud: dict) -> None:

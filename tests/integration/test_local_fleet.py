@@ -1,8 +1,9 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
-3 instances), the openai client through the load balancer, an idempotent second run; then, under
-constant load through HAProxy with every request counted, a rolling upgrade of runtime and model, a
-rollback, a broken release, a kill -9, a stalled engine, scale runs, and the schedules; stop.yml at the
-end."""
+3 instances, Prometheus watching them), the openai client through the load balancer, an idempotent
+second run, Prometheus's targets and the dashboard's queries; then, under constant load through
+HAProxy with every request counted, a rolling upgrade of runtime, model and engine, a rollback, a broken
+release, a kill -9, a stalled engine, a scheduled scale run down to one replica, the autoscaler out to
+two and back, a scale run up to three, and a soak; stop.yml at the end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,9 @@ import openai
 import pytest
 
 from fleet_ops.cycle import STEPS, parse_cycles
-from harness.fleet import KEY, LocalFleet, running_under
+from harness import REPO
+from harness.dashboard import dashboard_queries
+from harness.fleet import KEY, LOAD_PAUSE_S, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
@@ -109,6 +113,59 @@ def test_second_run_changes_nothing(fleet: LocalFleet) -> None:
     again = fleet.run("site.yml")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed() == 0, [line for line in again.output.splitlines() if line.startswith("changed")]
+
+
+def settle(check: Callable[[], object], timeout_s: float = 60) -> object:
+    """check()'s result once it is truthy, or its last one when timeout_s ran out: for what Prometheus
+    sees, which follows the fleet by a scrape (2 s here) or a rule evaluation."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return result
+
+
+def scraped_instances(fleet: LocalFleet, instances: int) -> set[str]:
+    return {fleet.metrics_address(i) for i in range(1, instances + 1)}
+
+
+def test_prometheus_scrapes_every_instance_haproxy_and_the_node_exporter(fleet: LocalFleet) -> None:
+    """The monitoring role's Prometheus scrapes each instance at its internal listener, HAProxy's
+    exporter and the node exporter, from targets the roles wrote out of the inventory."""
+    wanted = {
+        "model-runtime": scraped_instances(fleet, REPLICAS),
+        "haproxy": {f"127.0.0.1:{fleet.settings['loadbalancer_stats_port']}"},
+        "node": {f"127.0.0.1:{fleet.settings['exporters_node_port']}"},
+    }
+
+    def unhealthy() -> list[tuple[str, str, str]]:
+        targets = fleet.prometheus.targets()
+        found = {(t.job, t.address) for t in targets}
+        wants = {(job, address) for job, addresses in wanted.items() for address in addresses}
+        missing = [(job, address, "not a target") for job, address in sorted(wants - found)]
+        return missing + [(t.job, t.address, t.last_error or t.health) for t in targets if t.health != "up"]
+
+    assert settle(lambda: not unhealthy()), unhealthy()
+    assert fleet.prometheus.value('count(up{job="model-runtime"} == 1)') == REPLICAS
+
+
+def test_the_dashboards_queries_return_series_after_a_load(fleet: LocalFleet) -> None:
+    """Every query of the Grafana dashboard, as Grafana sends it with every variable at "All", answers
+    with series from the real Prometheus once the fleet has served some traffic."""
+    with fleet.load(pause_s=0.1) as traffic:
+        traffic.wait_for(40)
+    assert traffic.failures == []
+    # And a few requests the runtime refuses (400), for the panels of errors by status.
+    with fleet.http() as client:
+        for _ in range(3):
+            refused = client.post("/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                  json={"model": "demo", "prompt": "x", "max_tokens": -1})  # fmt: skip
+            assert refused.status_code == 400
+    queries = dashboard_queries(all_values=True)
+
+    def empty() -> dict[str, str]:
+        return {where: expr for where, expr in queries.items() if not fleet.prometheus.query(expr)}
+
+    assert settle(lambda: not empty()), empty()
 
 
 def engines(fleet: LocalFleet) -> dict[str, str]:
@@ -261,17 +318,116 @@ def test_a_stalled_engine_is_taken_out_and_its_replica_restarted(fleet: LocalFle
     assert back_up(fleet, pid), (fleet.supervisorctl("status"), fleet.server_checks())
 
 
-def test_scale_down_and_up_drops_nothing(fleet: LocalFleet) -> None:
-    down, traffic_down = fleet.run_under_load("scale.yml", {"replicas": 1})
-    assert down.returncode == 0, down.output[-5000:]
+def test_a_scheduled_scale_run_is_a_cron_job_under_flock_and_drops_nothing(fleet: LocalFleet) -> None:
+    """The evening schedule's cron command, run as cron would, under load: 3 replicas down to 1."""
+    cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
+    jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
+    assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
+    assert jobs["weekday-mornings"].startswith("0 8 * * 1-5 ")
+    assert jobs["sunday-upgrade"].startswith("0 3 * * 0 ")
+    runner = fleet.prefix / "var/lib/model-runtime/schedules/fleet-run"
+    assert "flock -n" in runner.read_text()
+    # The entry's command (minus the schedule and user fields), with the fleet's settings from a file.
+    command = jobs["evenings"].split(None, 6)[6]
+    with fleet.load(pause_s=LOAD_PAUSE_S) as traffic:
+        traffic.wait_for(20)
+        done = subprocess.run(f"{command} -e @{fleet.settings_file()}", shell=True, capture_output=True,  # noqa: S602
+                              text=True, check=False)  # fmt: skip
+        traffic.wait_for(len(traffic.outcomes) + 20)
+    log = (fleet.prefix / "var/log/model-runtime/schedules/evenings.log").read_text()
+    status = (fleet.prefix / "var/lib/model-runtime/schedules/evenings.status").read_text().split()[0]
+    assert done.returncode == 0, log[-3000:]
+    assert status == "0"
+    assert "scale.yml -e replicas=1" in log
+    assert "PLAY RECAP" in log
+    assert "exit 0" in log
+    assert KEY not in log
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log, re.MULTILINE)
+    assert traffic.failures == []
     assert [state for _, _, state in fleet.releases().values()] == SCALED_TO_ONE
     assert fleet.supervisorctl("status", f"{SERVICE}-{REPLICAS}").split()[1] == "STOPPED"
-    up, traffic_up = fleet.run_under_load("scale.yml", {"replicas": REPLICAS})
+    # The scale run rewrote Prometheus's targets: a scaled-in instance is not scraped (nor alerted on).
+    assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, 1))
+
+
+# The autoscaler's rules for the test below: one replica's 4 batch slots (OVERLOAD_SETTINGS), up to 2
+# replicas, short cooldowns and calm period (a reading every 2 s averaged over 10 s: LocalFleet.autoscaler).
+AUTOSCALE_POLICY = {"min_replicas": 1, "max_replicas": 2, "capacity_per_replica": 4,
+                    "queue_per_replica_out": 1.0, "cooldown_out_s": 20, "cooldown_in_s": 10,
+                    "stable_in_s": 10}  # fmt: skip
+
+
+def autoscaler(fleet: LocalFleet, enabled: bool) -> None:
+    run = fleet.autoscaler(enabled, AUTOSCALE_POLICY)
+    assert run.returncode == 0, run.output[-4000:]
+
+
+def actions(fleet: LocalFleet) -> list[str]:
+    return [entry["decision"]["action"] for entry in fleet.autoscaler_decisions()]
+
+
+def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_request(fleet: LocalFleet) -> None:
+    """From the one replica the schedule left: 7 clients without pause (7 sequences for its 4 batch
+    slots) make a queue, the autoscaler adds a replica through scale.yml at its first overloaded
+    reading, holds under the same steady load on two (no flapping), and takes the replica out again
+    once a light load stays calm."""
+    autoscaler(fleet, enabled=True)
+    with fleet.load(clients=7) as overload:
+        # A decision is logged once its run has ended: the replica serves by then.
+        assert settle(lambda: "out" in actions(fleet), timeout_s=400), actions(fleet)
+        assert fleet.serving() == 2
+        out = actions(fleet).index("out")
+        # The same load on two replicas, for eight readings more.
+        assert settle(lambda: len(actions(fleet)) > out + 8, timeout_s=120)
+        steady = fleet.autoscaler_decisions()[out + 1 : out + 9]
+    with fleet.load(clients=1, pause_s=0.25) as light:
+        assert settle(lambda: "in" in actions(fleet), timeout_s=400), actions(fleet)
+    assert fleet.serving() == 1
+    autoscaler(fleet, enabled=False)
+    assert overload.failures == []
+    assert light.failures == []
+    decisions = [entry["decision"] for entry in fleet.autoscaler_decisions()]
+    changes = [entry for entry in fleet.autoscaler_decisions() if entry["decision"]["action"] != "hold"]
+    assert [(c["decision"]["action"], c["decision"]["wanted"], c["run"]["result"]) for c in changes] == [
+        ("out", 2, "done"), ("in", 1, "done")
+    ]  # fmt: skip
+    # It acted on its first reading that saw the queue: no overloaded reading was held before it.
+    first_overloaded = next(d for d in decisions if "queued per replica >" in d["reason"])
+    assert first_overloaded["action"] == "out", first_overloaded
+    assert first_overloaded["inputs"]["queued"] > 0
+    assert [d["decision"]["action"] for d in steady] == ["hold"] * len(steady), steady
+    # The runs went through the control node's runner: its log, its lock, its status.
+    log = (fleet.prefix / "var/log/model-runtime/schedules/autoscale.log").read_text()
+    assert "scale.yml -e replicas=2" in log
+    assert "scale.yml -e replicas=1" in log
+    assert KEY not in log
+    assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, 1))
+
+
+def test_the_autoscaler_in_dry_run_prints_a_decision_and_changes_nothing(fleet: LocalFleet) -> None:
+    config = fleet.prefix / "var/lib/model-runtime/schedules/autoscaler.yml"
+    wanting_two = fleet.root / "autoscaler-min-2.yml"
+    wanting_two.write_text(config.read_text().replace("min_replicas: 1", "min_replicas: 2"))
+    before = fleet.releases()
+    done = subprocess.run(
+        [str(REPO / ".venv/bin/python"), "-m", "fleet_ops", "autoscale", "--config", str(wanting_two),
+         "--dry-run", "--once"], cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout[done.stdout.index("{") :])
+    assert printed["dry_run"] is True
+    assert (printed["decision"]["action"], printed["decision"]["wanted"]) == ("out", 2)
+    assert "run" not in printed
+    assert fleet.releases() == before
+
+
+def test_scale_up_drops_nothing(fleet: LocalFleet) -> None:
+    up, traffic = fleet.run_under_load("scale.yml", {"replicas": REPLICAS})
     assert up.returncode == 0, up.output[-5000:]
-    assert traffic_down.failures == []
-    assert traffic_up.failures == []
+    assert traffic.failures == []
     assert [state for _, _, state in fleet.releases().values()] == ["serving"] * REPLICAS
     assert fleet.server_states() == ALL_UP
+    assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, REPLICAS))
 
 
 def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet) -> None:
@@ -280,31 +436,6 @@ def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet)
     assert run.returncode != 0
     assert f"replicas=0 refused: the fleet allows 1 to {REPLICAS} serving instances" in run.output
     assert fleet.releases() == before
-
-
-def test_schedules_are_cron_jobs_that_run_the_playbook_under_flock(fleet: LocalFleet) -> None:
-    cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
-    jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
-    assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
-    assert jobs["weekday-mornings"].startswith("0 8 * * 1-5 ")
-    assert jobs["sunday-upgrade"].startswith("0 3 * * 0 ")
-    runner = fleet.prefix / "var/lib/model-runtime/schedules/fleet-run"
-    assert "flock -n" in runner.read_text()
-    # Run the evening entry's command as cron would (minus the schedule and user fields).
-    command = jobs["evenings"].split(None, 6)[6]
-    extra = " ".join(f"-e {json.dumps(json.dumps({k: v}))}" for k, v in fleet.settings.items())
-    done = subprocess.run(f"{command} {extra}", shell=True, capture_output=True, text=True, check=False)  # noqa: S602
-    log = (fleet.prefix / "var/log/model-runtime/schedules/evenings.log").read_text()
-    status = (fleet.prefix / "var/lib/model-runtime/schedules/evenings.status").read_text().split()[0]
-    assert done.returncode == 0, log[-3000:]
-    assert status == "0"
-    assert "scale.yml -e replicas=1" in log
-    assert "PLAY RECAP" in log
-    assert "exit 0" in log
-    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log, re.MULTILINE)
-    assert [state for _, _, state in fleet.releases().values()] == SCALED_TO_ONE
-    back = fleet.run("scale.yml", {"replicas": REPLICAS})
-    assert back.returncode == 0, back.output[-3000:]
 
 
 def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: LocalFleet) -> None:

@@ -138,7 +138,8 @@ def test_the_role_vars_install_from_the_bundle_under_the_prefix(tmp_path: Path) 
     assert role_vars["model_artifacts_ref"] == "demo@stable"
     assert role_vars["model_runtime_version"] == "0.1.0"
     assert role_vars["model_runtime_pip_args"] == f"--no-index --find-links {bundle / 'wheels'}"
-    assert role_vars["model_runtime_prefix"] == role_vars["model_artifacts_prefix"] == str(tmp_path / "fs")
+    prefixes = {role_vars[f"{role}_prefix"] for role in ("model_runtime", "model_artifacts", "cloud_metrics")}
+    assert prefixes == {str(tmp_path / "fs")}
     assert role_vars["model_runtime_python"] == "/usr/bin/python3"
 
 

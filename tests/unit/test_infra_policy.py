@@ -201,6 +201,19 @@ def test_a_missing_imdsv2_requirement_is_refused() -> None:
     only(resources, "imdsv2-required", "gpu-lt", "hop_limit is 3, not 1 or 2")
 
 
+def test_publishing_metrics_into_any_namespace_is_refused() -> None:
+    def unscoped(props: dict) -> None:
+        if "policy" not in props:  # the role and its profile share the policy's name
+            return
+        document = json.loads(props["policy"])
+        for statement in document["Statement"]:
+            statement.pop("Condition", None)
+        props["policy"] = json.dumps(document)
+
+    says = "statement PublishFleetMetrics allows cloudwatch:PutMetricData without a cloudwatch:namespace"
+    only(edit(graph(), "gpu-instance", unscoped), "metrics-publishing-scoped", "gpu-instance", says)
+
+
 def test_an_unencrypted_volume_is_refused() -> None:
     resources = edit(
         graph(), "gpu-lt", lambda p: p["blockDeviceMappings"][0]["ebs"].update(encrypted="false")

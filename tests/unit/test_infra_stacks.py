@@ -81,11 +81,12 @@ def test_the_example_stacks_graph(stack: str, zones: int, nats: int, listeners: 
     assert len(run.of_type("aws:lb/listener:Listener")) == listeners
     group = run.one(GROUP).inputs
     # The group is in the private subnets, behind the load balancer's target group, health from it.
-    assert group["vpcZoneIdentifiers"] == [s.id for s in private]
+    # (sorted: the mocks record resources in the order their registrations finish, which varies)
+    assert sorted(group["vpcZoneIdentifiers"]) == sorted(s.id for s in private)
     assert group["targetGroupArns"] == [run.one("aws:lb/targetGroup:TargetGroup").state["arn"]]
     assert group["healthCheckType"] == "ELB"
     balancer = run.one("aws:lb/loadBalancer:LoadBalancer").inputs
-    assert balancer["subnets"] == [s.id for s in public]
+    assert sorted(balancer["subnets"]) == sorted(s.id for s in public)
     assert set(run.outputs) >= {
         "endpointUrl",
         "bucketName",
@@ -226,16 +227,31 @@ def test_schedules_come_from_the_schedule_file() -> None:
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_target_tracking_on_requests_per_instance(stack: str) -> None:
+def test_target_tracking_on_queue_per_instance_and_requests_as_an_option(stack: str) -> None:
     run = program(stack)
-    policy = run.one("aws:autoscaling/policy:Policy").inputs
-    assert policy["policyType"] == "TargetTrackingScaling"
-    metric = policy["targetTrackingConfiguration"]["predefinedMetricSpecification"]
-    assert metric["predefinedMetricType"] == "ALBRequestCountPerTarget"
+    policies = {p.name: p.inputs for p in run.of_type("aws:autoscaling/policy:Policy")}
+    assert {p["policyType"] for p in policies.values()} == {"TargetTrackingScaling"}
+    # The group's average of what each instance publishes (the cloud_metrics role, configured by the
+    # user data with the same namespace and fleet).
+    queue = policies["gpu-queue-per-instance"]["targetTrackingConfiguration"]
+    metric = queue["customizedMetricSpecification"]
+    published = boot_config(run)["vars"]
+    assert published["cloud_metrics_enabled"] is True
+    assert (metric["namespace"], metric["metricName"], metric["statistic"]) == (
+        published["cloud_metrics_namespace"], "QueueDepth", "Average"
+    )  # fmt: skip
+    assert published["cloud_metrics_dimensions"] == {"Fleet": f"model-runtime-{stack}"}
+    assert metric["metricDimensions"] == [{"name": "Fleet", "value": f"model-runtime-{stack}"}]
+    assert queue["targetValue"] == 2.0
+    requests = policies["gpu-requests-per-instance"]["targetTrackingConfiguration"]
+    label = requests["predefinedMetricSpecification"]
+    assert label["predefinedMetricType"] == "ALBRequestCountPerTarget"
     balancer = run.one("aws:lb/loadBalancer:LoadBalancer").state["arnSuffix"]
     target_group = run.one("aws:lb/targetGroup:TargetGroup").state["arnSuffix"]
-    assert metric["resourceLabel"] == f"{balancer}/{target_group}"
-    assert policy["targetTrackingConfiguration"]["targetValue"] == {"dev": 60, "prod": 120}[stack]
+    assert label["resourceLabel"] == f"{balancer}/{target_group}"
+    assert requests["targetValue"] == {"dev": 60, "prod": 120}[stack]
+    off = run_program(stack, {"fleet.targetQueuePerInstance": 0, "fleet.targetRequestsPerInstance": 0})
+    assert off.of_type("aws:autoscaling/policy:Policy") == []
 
 
 def test_instances_accept_the_runtime_port_from_the_load_balancer_only() -> None:
@@ -367,6 +383,11 @@ def test_the_instance_role_reads_the_bucket_and_its_keys_and_nothing_more() -> N
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     ]
     assert not any(a.endswith("*") for a in actions)
+    # Metrics into the fleet's namespace only (PutMetricData names no resource).
+    assert statements["PublishFleetMetrics"]["Action"] == "cloudwatch:PutMetricData"
+    assert statements["PublishFleetMetrics"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "ModelRuntime"}
+    }
     assert not any(a.startswith(("s3:Put", "s3:Delete", "iam:", "ec2:")) for a in actions)
     assert run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == []  # no managed policies
     assert (
@@ -396,7 +417,7 @@ def test_without_nat_the_instances_reach_s3_and_ssm_through_endpoints() -> None:
         e.inputs["serviceName"].rsplit(".", 1)[-1]: e.inputs
         for e in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
     }
-    assert set(endpoints) == {"s3", "ssm", "ssmmessages", "ec2messages", "secretsmanager"}
+    assert set(endpoints) == {"s3", "ssm", "ssmmessages", "ec2messages", "monitoring", "secretsmanager"}
     assert endpoints["s3"]["vpcEndpointType"] == "Gateway"
     assert all(e["privateDnsEnabled"] for name, e in endpoints.items() if name != "s3")
     private_tables = [t for t in run.of_type("aws:ec2/routeTable:RouteTable") if "private" in t.name]

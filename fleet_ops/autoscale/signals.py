@@ -1,0 +1,40 @@
+"""The autoscaler's readings, from the fleet's Prometheus: the serving replicas (the runtime targets it
+scrapes, which every scale run rewrites) and, averaged over a window, the sequences waiting and running,
+the refusals and the time to first token's p90."""
+
+from __future__ import annotations
+
+import math
+
+from fleet_ops.autoscale.policy import Signals
+from fleet_ops.prometheus import Prometheus
+
+JOB = 'job="model-runtime"'
+
+
+def queries(window_s: int) -> dict[str, str]:
+    window = f"{window_s}s"
+    return {
+        "replicas": f"count(up{{{JOB}}})",
+        "queued": f"sum(avg_over_time(model_runtime_queue_depth{{{JOB}}}[{window}]))",
+        "running": f"sum(avg_over_time(model_runtime_running_batch_size{{{JOB}}}[{window}]))",
+        "refused_per_s": f'sum(rate(model_runtime_requests_total{{{JOB}, status="429"}}[{window}]))',
+        "ttft_p90_s": (
+            "histogram_quantile(0.9, sum by (le) "
+            f"(rate(model_runtime_time_to_first_token_seconds_bucket{{{JOB}}}[{window}])))"
+        ),
+    }
+
+
+def read_signals(prometheus: Prometheus, window_s: int) -> Signals:
+    """One reading. A series with no sample (no instance yet, no refusal ever) counts as 0; the p90 of
+    a window without first tokens is None (Prometheus answers NaN)."""
+    values = {name: prometheus.value(expr) for name, expr in queries(window_s).items()}
+    ttft = values["ttft_p90_s"]
+    return Signals(
+        replicas=int(values["replicas"] or 0),
+        queued=values["queued"] or 0.0,
+        running=values["running"] or 0.0,
+        refused_per_s=values["refused_per_s"] or 0.0,
+        ttft_p90_s=None if ttft is None or math.isnan(ttft) else ttft,
+    )

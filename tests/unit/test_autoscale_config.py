@@ -1,0 +1,46 @@
+"""The autoscaler's configuration file: a mistake names its key, before the service starts (the
+control_node role runs the same check before it installs the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet_ops.autoscale.service import Config, ConfigError, main
+
+GOOD = {
+    "prometheus": "http://127.0.0.1:9090",
+    "runner": "/var/lib/model-runtime/schedules/fleet-run",
+    "policy": {"min_replicas": 1, "max_replicas": 4, "capacity_per_replica": 16},
+}
+
+
+def test_a_good_file_loads_with_the_policy_and_defaults() -> None:
+    config = Config.from_dict({**GOOD, "playbook_args": ["-e", "@vars.yml"]})
+    assert config.policy.capacity_per_replica == 16
+    assert config.playbook_args == ("-e", "@vars.yml")
+    assert (config.interval_s, config.window_s, config.dry_run) == (15.0, 60, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ({**GOOD, "intervall_s": 5}, "unknown key 'intervall_s'"),
+        ({k: v for k, v in GOOD.items() if k != "runner"}, "runner is required"),
+        ({**GOOD, "policy": {**GOOD["policy"], "max_replica": 3}}, "unknown key policy.max_replica"),
+        ({**GOOD, "policy": {**GOOD["policy"], "min_replicas": 5}}, "min_replicas and max_replicas"),
+        ({**GOOD, "policy": {"min_replicas": 1, "max_replicas": 2}}, "capacity_per_replica"),
+        ({**GOOD, "policy": [1, 2]}, "policy must be a mapping"),
+    ],
+)
+def test_a_mistake_names_its_key(raw: dict, says: str) -> None:
+    with pytest.raises(ConfigError, match=says.replace(".", r"\.")):
+        Config.from_dict(raw)
+
+
+def test_check_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "autoscaler.yml"
+    path.write_text("prometheus: http://127.0.0.1:9090\nrunner: /x\npolicy: {min_replicas: 1}\n")
+    assert main(str(path), check=True) == 2
+    assert "capacity_per_replica" in capsys.readouterr().err
