@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import calendar
 import json
+import re
 import tempfile
 import threading
 import time
@@ -104,6 +106,13 @@ def signal_part(model: Path, root: Path) -> list[SignalRun]:
     return runs
 
 
+def run_started(fleet: LocalFleet) -> float | None:
+    """When the autoscaler's first scale run started (the runner's log, UTC to the second)."""
+    log = fleet.prefix / "var/log/model-runtime/schedules/autoscale.log"
+    found = re.search(r"^(\S+Z) start ", log.read_text() if log.exists() else "", re.MULTILINE)
+    return calendar.timegm(time.strptime(found.group(1), "%Y-%m-%dT%H:%M:%SZ")) if found else None
+
+
 def counts(outcomes: list[Outcome], start: float, end: float) -> tuple[int, int, int]:
     window = [o for o in outcomes if start <= o.started < end]
     return (sum(o.ok for o in window), sum(o.status == 429 for o in window),
@@ -133,10 +142,11 @@ def ramp_part(model: Path, root: Path) -> None:
         if on.returncode != 0:
             raise SystemExit(f"control.yml failed:\n{on.output[-3000:]}")
         with fleet.load(clients=7) as overload:
-            start = time.monotonic()
-            decided = wait(
-                lambda: any(d["decision"]["action"] == "out" for d in fleet.autoscaler_decisions()), 300
-            )
+            start, started_at = time.monotonic(), time.time()
+            # The decision is its scale run's start, which the runner logs at once, to the second (the
+            # autoscaler's own log line comes when the run has ended).
+            ran = wait(lambda: run_started(fleet) is not None, 300)
+            decided = start + (run_started(fleet) or 0.0) - started_at if ran else None
             serving = wait(lambda: list(fleet.server_states().values()).count("UP") == 2, 300)
             overload_end = time.monotonic()
         with fleet.load(clients=1, pause_s=0.25) as light:
@@ -146,7 +156,7 @@ def ramp_part(model: Path, root: Path) -> None:
             )
         fleet.autoscaler(False, POLICY)
         print("\nScale-out: from an overload of 7 clients on 1 replica (4 batch slots, 4 queue places)")
-        print(f"  overload to decision           {_s(decided, start)}")
+        print(f"  overload to the decision (its scale run's start)    {_s(decided, start)}")
         print(f"  overload to the added replica serving (HAProxy UP)  {_s(serving, start)}")
         end = serving or overload_end
         served, refused, failed = counts(overload.outcomes, start, end)

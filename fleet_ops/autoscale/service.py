@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -123,16 +122,10 @@ class Exported:
 
 
 class Autoscaler:
-    def __init__(
-        self,
-        config: Config,
-        act: Callable[[int], int] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.prometheus = Prometheus(config.prometheus)
-        self.act = act or ScaleRun(config.runner, config.playbook_args)
-        self.clock = clock
+        self.act = ScaleRun(config.runner, config.playbook_args)
         self.memory = Memory()
         self.exported = Exported()
         self.exported.dry_run.set(1 if config.dry_run else 0)
@@ -145,7 +138,7 @@ class Autoscaler:
             self.exported.errors.inc()
             log.warning("no reading: %s", error)
             return None
-        decision = decide(self.config.policy, seen, self.memory, self.clock())
+        decision = decide(self.config.policy, seen, self.memory, time.monotonic())
         self.exported.decision(decision)
         record = {"decision": asdict(decision), "dry_run": self.config.dry_run}
         if decision.action != "hold" and not self.config.dry_run:
@@ -156,7 +149,7 @@ class Autoscaler:
             # A skipped run changed nothing; a failed one may have changed part of the fleet: cool
             # down after it as after a change, and read the fleet anew next time.
             if result != "lock-held":
-                self.memory.last_change_s = self.clock()
+                self.memory.last_change_s = time.monotonic()
         log.info(json.dumps(record, sort_keys=True))
         return decision
 

@@ -11,6 +11,19 @@ from infra.metrics import FLEET_DIMENSION, METRICS_NAMESPACE
 from infra.schedules import Schedule
 
 
+def _target_tracking(
+    name: str, group: aws.autoscaling.Group, metric: dict, target: float, opts: pulumi.ResourceOptions
+) -> aws.autoscaling.Policy:
+    """A target-tracking policy of the group: `metric` is the configuration's metric specification."""
+    return aws.autoscaling.Policy(
+        name,
+        autoscaling_group_name=group.name,
+        policy_type="TargetTrackingScaling",
+        target_tracking_configuration={**metric, "target_value": float(target)},
+        opts=opts,
+    )
+
+
 def track_requests_per_instance(
     name: str,
     group: aws.autoscaling.Group,
@@ -18,19 +31,13 @@ def track_requests_per_instance(
     target: int,
     opts: pulumi.ResourceOptions,
 ) -> aws.autoscaling.Policy:
-    return aws.autoscaling.Policy(
-        f"{name}-requests-per-instance",
-        autoscaling_group_name=group.name,
-        policy_type="TargetTrackingScaling",
-        target_tracking_configuration={
-            "predefined_metric_specification": {
-                "predefined_metric_type": "ALBRequestCountPerTarget",
-                "resource_label": request_count_label,
-            },
-            "target_value": float(target),
-        },
-        opts=opts,
-    )
+    metric = {
+        "predefined_metric_specification": {
+            "predefined_metric_type": "ALBRequestCountPerTarget",
+            "resource_label": request_count_label,
+        }
+    }
+    return _target_tracking(f"{name}-requests-per-instance", group, metric, target, opts)
 
 
 def track_queue_per_instance(
@@ -38,22 +45,16 @@ def track_queue_per_instance(
 ) -> aws.autoscaling.Policy:
     """The group's average of each instance's QueueDepth: it grows with the work waiting, whatever
     the prompts' lengths, and shrinks as instances are added (what target tracking needs)."""
-    return aws.autoscaling.Policy(
-        f"{name}-queue-per-instance",
-        autoscaling_group_name=group.name,
-        policy_type="TargetTrackingScaling",
-        target_tracking_configuration={
-            "customized_metric_specification": {
-                "metric_name": "QueueDepth",
-                "namespace": METRICS_NAMESPACE,
-                "statistic": "Average",
-                "unit": "Count",
-                "metric_dimensions": [{"name": FLEET_DIMENSION, "value": fleet_name}],
-            },
-            "target_value": float(target),
-        },
-        opts=opts,
-    )
+    metric = {
+        "customized_metric_specification": {
+            "metric_name": "QueueDepth",
+            "namespace": METRICS_NAMESPACE,
+            "statistic": "Average",
+            "unit": "Count",
+            "metric_dimensions": [{"name": FLEET_DIMENSION, "value": fleet_name}],
+        }
+    }
+    return _target_tracking(f"{name}-queue-per-instance", group, metric, target, opts)
 
 
 def scheduled_scale_run(
