@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO
-from harness.playbooks import BIN
+from tests.support.render import render, stand_in
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +30,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stand_ins = tmp_path_factory.mktemp("bin")
     for name in ("prometheus-node-exporter", "dcgm-exporter", "prometheus", "prometheus-alertmanager",
                  "python", "python3"):  # fmt: skip
-        (stand_ins / name).write_text("#!/bin/sh\n")
-        (stand_ins / name).chmod(0o755)
-    render = subprocess.run(
-        [str(BIN / "ansible-playbook"), str(REPO / "tests/integration/playbooks/render_fleet_units.yml"),
-         "-e", f"out_dir={out}", "-e", f"bin={stand_ins}"],
-        capture_output=True, text=True, check=False, cwd=REPO,
-    )  # fmt: skip
-    assert render.returncode == 0, render.stdout[-3000:]
+        stand_in(stand_ins / name)
+    render("render_fleet_units.yml", out_dir=out, bin=stand_ins)
     return out
 
 

@@ -21,6 +21,7 @@ from harness import REPO
 from harness.playbooks import BIN, ensure_wheelhouse, playbook, role_defaults
 from harness.server import free_port
 from model_runtime.config import load_settings
+from tests.support.render import render, stand_in
 
 pytestmark = pytest.mark.integration
 
@@ -92,16 +93,8 @@ def render_instance(tmp_path: Path) -> tuple[Path, Path]:
     """Instance 1's systemd unit and configuration file, rendered with the role's templates and
     defaults (tests/integration/playbooks/render_systemd_unit.yml)."""
     release = tmp_path / "release"
-    (release / "venv" / "bin").mkdir(parents=True)
-    executable = release / "venv" / "bin" / "model-runtime"
-    executable.write_text("#!/bin/sh\n")
-    executable.chmod(0o755)
-    render = subprocess.run(
-        [str(BIN / "ansible-playbook"), str(REPO / "tests/integration/playbooks/render_systemd_unit.yml"),
-         "-e", f"release_dir={release}", "-e", f"out_dir={tmp_path}"],
-        capture_output=True, text=True, check=False, cwd=REPO,
-    )  # fmt: skip
-    assert render.returncode == 0, render.stdout[-2000:]
+    stand_in(release / "venv" / "bin" / "model-runtime")
+    render("render_systemd_unit.yml", release_dir=release, out_dir=tmp_path)
     return tmp_path / "model-runtime-1.service", tmp_path / "instance-1.yaml"
 
 
