@@ -14,6 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from harness.server import RuntimeProcess
+from tests.support.engines import EXACT
 from tests.support.ensembles import (
     member_folders,
     member_logprobs,
@@ -37,7 +38,8 @@ def tokenizer(members: Path):
 @pytest.fixture(scope="module")
 def average_server(members: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     # The members folder is itself an ensemble: their average of probabilities, members embedded.
-    server = RuntimeProcess(members, tmp_path_factory.mktemp("average"), name="ens").start()
+    work = tmp_path_factory.mktemp("average")
+    server = RuntimeProcess(members, work, {"model": {"dtype": EXACT}}, name="ens").start()
     yield server
     server.stop()
 
@@ -51,7 +53,7 @@ def vote_server(members: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         check=True,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    server = RuntimeProcess(work / "vote", work, name="vote").start()
+    server = RuntimeProcess(work / "vote", work, {"model": {"dtype": EXACT}}, name="vote").start()
     yield server
     server.stop()
 

@@ -11,8 +11,10 @@ import torch
 
 from model_runtime.config import ModelSettings
 from model_runtime.engine.base import ModelLoadError
+from model_runtime.engine.cpu import computes_bf16
 from model_runtime.engine.kv_cache import AlignedKVCache
 from model_runtime.engine.torch_engine import TorchEngine, load_torch_engine
+from tests.support.engines import EXACT
 
 pytestmark = pytest.mark.unit
 
@@ -70,7 +72,7 @@ def test_staggered_batch_matches_full_forward(
     fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder: Path = request.getfixturevalue(fixture)
-    engine = load_torch_engine(ModelSettings(path=str(folder)), max_batch=8)
+    engine = load_torch_engine(ModelSettings(path=str(folder), dtype=EXACT), max_batch=8)
     # A tiny starting cache forces row growth, column growth and window relocation along the way.
     engine.cache = AlignedKVCache(8, engine.info.max_context, engine.device, engine.model.dtype, 1, 8)
     relocations: list[int] = []
@@ -108,7 +110,7 @@ def test_decode_must_cover_every_live_sequence(demo_model: Path) -> None:
 def test_engine_info_reads_the_folder(demo_model: Path) -> None:
     engine = load_torch_engine(ModelSettings(path=str(demo_model)), max_batch=2)
     assert engine.info.max_context == 512
-    assert engine.info.dtype == "float32"  # auto on CPU
+    assert engine.info.dtype == ("bfloat16" if computes_bf16() else "float32")  # auto on this CPU
     assert engine.info.device == "cpu"
     eos = {engine.tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|end|>")}
     assert engine.info.eos_token_ids == eos
@@ -132,7 +134,7 @@ def test_missing_cuda_is_a_named_error(demo_model: Path) -> None:
 
 
 def test_long_prompt_prefilled_in_chunks_matches_full_forward(demo_model: Path) -> None:
-    engine = load_torch_engine(ModelSettings(path=str(demo_model)), max_batch=4, prefill_chunk=8)
+    engine = load_torch_engine(ModelSettings(path=str(demo_model), dtype=EXACT), max_batch=4, prefill_chunk=8)
     chunks: list[tuple[int, int]] = []
     plan = engine.cache.plan_chunk
     engine.cache.plan_chunk = lambda length, start, count: (

@@ -29,6 +29,7 @@ from model_runtime.registry.registry import Registry
 from model_runtime.scheduler.core import Scheduler
 from model_runtime.scheduler.events import Event, deliver_here
 from model_runtime.scheduler.params import SamplingParams
+from tests.support.engines import EXACT
 from tests.support.ensembles import (
     member_folders,
     member_logprobs,
@@ -109,7 +110,7 @@ def drive_and_compare(
 
 
 def test_average_of_probabilities_across_a_changing_batch(members: Path, models: list) -> None:
-    engine = load_engine(ModelSettings(path=str(members)), max_batch=4, loaders=LOADERS)
+    engine = load_engine(ModelSettings(path=str(members), dtype=EXACT), max_batch=4, loaders=LOADERS)
     assert isinstance(engine, EnsembleEngine)
     assert isinstance(engine, RoutableEngine)
     assert engine.member_names == ("member-0", "member-1", "member-2")
@@ -125,7 +126,9 @@ def test_average_of_log_probabilities(members: Path, models: list, tmp_path: Pat
         return torch.log_softmax(0.5 * logprobs[0] + 0.25 * logprobs[1] + 0.25 * logprobs[2], -1)
 
     drive_and_compare(
-        load_engine(ModelSettings(path=str(folder)), max_batch=4, loaders=LOADERS), models, geometric
+        load_engine(ModelSettings(path=str(folder), dtype=EXACT), max_batch=4, loaders=LOADERS),
+        models,
+        geometric,
     )
 
 
@@ -144,7 +147,7 @@ def test_stack_applies_its_gate_per_token(members: Path, models: list, tmp_path:
         return torch.log(sum(w * lp.exp() for w, lp in zip(weights, logprobs, strict=True)))
 
     drive_and_compare(
-        load_engine(ModelSettings(path=str(folder)), max_batch=4, loaders=LOADERS), models, gated
+        load_engine(ModelSettings(path=str(folder), dtype=EXACT), max_batch=4, loaders=LOADERS), models, gated
     )
 
 
@@ -252,7 +255,7 @@ def answers(engine: Engine, prompt: list[int], params: list[SamplingParams]) -> 
 def test_the_scheduler_runs_a_routed_sequence_on_its_member_alone(members: Path) -> None:
     """A vote's sequences (one per member, each with SamplingParams.route) through the scheduler: each
     answer is the one its member writes alone."""
-    ensemble = load_engine(ModelSettings(path=str(members)), max_batch=4, loaders=LOADERS)
+    ensemble = load_engine(ModelSettings(path=str(members), dtype=EXACT), max_batch=4, loaders=LOADERS)
     prompt = ensemble.tokenizer(PROMPTS[1])["input_ids"]
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     routed = answers(ensemble, prompt, [replace(params, route=m) for m in range(3)])

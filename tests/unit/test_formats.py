@@ -16,6 +16,7 @@ from model_runtime.corpus import load_corpus
 from model_runtime.engine.base import ModelLoadError
 from model_runtime.engine.factory import load_engine
 from model_runtime.engine.loading import detect_format
+from tests.support.engines import EXACT
 
 pytestmark = pytest.mark.unit
 
@@ -47,12 +48,12 @@ def formats(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_each_format_loads_and_generates(formats: dict[str, Path], kind: str) -> None:
     folder = formats[kind]
     assert detect_format(folder).kind == kind
-    engine = load_engine(ModelSettings(path=str(folder)), max_batch=2)
+    engine = load_engine(ModelSettings(path=str(folder), dtype=EXACT), max_batch=2)
     prompt = engine.tokenizer("This License")["input_ids"]
     logits = engine.step([], [], [0], [prompt])
     assert logits.shape == (1, len(engine.tokenizer))
     assert torch.isfinite(logits).all()
-    reference = load_engine(ModelSettings(path=str(formats["safetensors"])), max_batch=2).step(
+    reference = load_engine(ModelSettings(path=str(formats["safetensors"]), dtype=EXACT), max_batch=2).step(
         [], [], [0], [prompt]
     )
     tolerance = {"int8": 2.0}.get(kind, 1e-3)  # int8 approximates; the others are the same weights
