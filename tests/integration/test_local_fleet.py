@@ -1,9 +1,9 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
-3 instances, Prometheus watching them), the openai client through the load balancer, an idempotent
+2 instances, Prometheus watching them), the openai client through the load balancer, an idempotent
 second run, Prometheus's targets and the dashboard's queries; then, under constant load through
 HAProxy with every request counted, a rolling upgrade of runtime, model and engine, a rollback, a broken
-release, a kill -9, a stalled engine, a scheduled scale run down to one replica, the autoscaler out to
-two and back, a scale run up to three, and a soak; stop.yml at the end."""
+release, a kill -9, a stalled engine, a soak, a scheduled scale run down to one replica and the
+autoscaler out to two and back; stop.yml at the end."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ from harness.vllm_env import vllm_engine_settings
 
 pytestmark = pytest.mark.integration
 
-# Three replicas: a scale goes 3 -> 1 -> 3, and a release that fails on the first leaves two untouched.
-REPLICAS = 3
+# Two replicas: the schedule scales 2 -> 1, the autoscaler 1 -> 2 -> 1, a release that fails on the
+# first leaves the other untouched. (Each replica more costs every roll below a model load under vLLM.)
+REPLICAS = 2
 INSTANCES = [str(i) for i in range(1, REPLICAS + 1)]
 SERVERS = [f"localhost-{i}" for i in INSTANCES]
 ALL_UP = dict.fromkeys(SERVERS, "UP")
@@ -228,12 +229,25 @@ def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
         assert "vllm:" not in fleet.replica_metrics(i)
 
 
+def process_starts(fleet: LocalFleet, instance: int) -> int:
+    """How often the instance's process started, as the runtime itself counts in its state folder (the
+    count behind model_runtime_process_starts_total)."""
+    return int((fleet.prefix / f"var/lib/model-runtime/instance-{instance}/process-starts").read_text())
+
+
 def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: LocalFleet) -> None:
-    before, pids = fleet.releases(), fleet.replica_pids()
+    """A release whose weights cannot load: supervisord starts it model_runtime_start_retries + 1 times,
+    then gives up (FATAL: not restarted forever), the run puts the instance back on the release it ran
+    and stops there."""
+    before, pids, starts = fleet.releases(), fleet.replica_pids(), process_starts(fleet, 1)
     run, traffic = fleet.run_under_load("upgrade.yml", {"model_artifacts_source": str(fleet.broken)})
     assert run.returncode != 0
     assert "localhost instance 1 failed at step ready" in run.output, run.output[-5000:]
+    assert re.search(r"the instance stopped for good: \S+-1 +FATAL", run.output), run.output[-5000:]
     assert "the run stops here" in run.output
+    retries = fleet.settings["model_runtime_start_retries"]
+    assert process_starts(fleet, 1) == starts + retries + 1 + 1  # the broken release's tries, the restore
+    assert KEY not in run.output
     assert traffic.failures == [], traffic.failures[:3]
     assert fleet.releases() == before  # instance 1 back where it was
     untouched = {name: pid for name, pid in fleet.replica_pids().items() if name != "localhost-1"}
@@ -318,8 +332,21 @@ def test_a_stalled_engine_is_taken_out_and_its_replica_restarted(fleet: LocalFle
     assert back_up(fleet, pid), (fleet.supervisorctl("status"), fleet.server_checks())
 
 
+def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: LocalFleet) -> None:
+    clients = 40  # against 2 replicas x (4 batch slots + 4 queue places)
+    result = soak(fleet.url, KEY, fleet.tls(), fleet.replica_pids, clients=clients, seconds=20)
+    print(report(result, clients))
+    assert result.lost == []
+    assert result.refused_without_retry_after == 0
+    assert result.refused > 0  # it was an overload
+    assert result.answered > 0
+    assert sorted(result.memory_mb) == SERVERS
+    for warm, end in result.memory_mb.values():
+        assert end < warm * 1.25 + 64, result.memory_mb
+
+
 def test_a_scheduled_scale_run_is_a_cron_job_under_flock_and_drops_nothing(fleet: LocalFleet) -> None:
-    """The evening schedule's cron command, run as cron would, under load: 3 replicas down to 1."""
+    """The evening schedule's cron command, run as cron would, under load: 2 replicas down to 1."""
     cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
     jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
     assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
@@ -370,12 +397,15 @@ def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_reques
     """From the one replica the schedule left: 7 clients without pause (7 sequences for its 4 batch
     slots) make a queue, the autoscaler adds a replica through scale.yml at its first overloaded
     reading, holds under the same steady load on two (no flapping), and takes the replica out again
-    once a light load stays calm."""
+    once a light load stays calm. (Its way out is the scale-up run under load the fleet is tested with.)"""
     autoscaler(fleet, enabled=True)
     with fleet.load(clients=7) as overload:
         # A decision is logged once its run has ended: the replica serves by then.
         assert settle(lambda: "out" in actions(fleet), timeout_s=400), actions(fleet)
+        # Its scale run brought the scaled-in replica back: serving, in HAProxy, scraped.
         assert fleet.serving() == 2
+        assert fleet.server_states() == ALL_UP
+        assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, 2))
         out = actions(fleet).index("out")
         # The same load on two replicas, for eight readings more.
         assert settle(lambda: len(actions(fleet)) > out + 8, timeout_s=120)
@@ -421,31 +451,9 @@ def test_the_autoscaler_in_dry_run_prints_a_decision_and_changes_nothing(fleet: 
     assert fleet.releases() == before
 
 
-def test_scale_up_drops_nothing(fleet: LocalFleet) -> None:
-    up, traffic = fleet.run_under_load("scale.yml", {"replicas": REPLICAS})
-    assert up.returncode == 0, up.output[-5000:]
-    assert traffic.failures == []
-    assert [state for _, _, state in fleet.releases().values()] == ["serving"] * REPLICAS
-    assert fleet.server_states() == ALL_UP
-    assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, REPLICAS))
-
-
 def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet) -> None:
     before = fleet.releases()
     run = fleet.run("scale.yml", {"replicas": 0})
     assert run.returncode != 0
     assert f"replicas=0 refused: the fleet allows 1 to {REPLICAS} serving instances" in run.output
     assert fleet.releases() == before
-
-
-def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: LocalFleet) -> None:
-    clients = 40  # against 3 replicas x (4 batch slots + 4 queue places)
-    result = soak(fleet.url, KEY, fleet.tls(), fleet.replica_pids, clients=clients, seconds=20)
-    print(report(result, clients))
-    assert result.lost == []
-    assert result.refused_without_retry_after == 0
-    assert result.refused > 0  # it was an overload
-    assert result.answered > 0
-    assert sorted(result.memory_mb) == SERVERS
-    for warm, end in result.memory_mb.values():
-        assert end < warm * 1.25 + 64, result.memory_mb
