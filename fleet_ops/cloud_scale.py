@@ -28,8 +28,9 @@ class GroupSize:
     in_service: int
 
 
-def autoscaling_client(region: str | None = None) -> Any:
-    return boto3.client("autoscaling", region_name=region)
+def autoscaling_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
+    """The AWS API's autoscaling client; endpoint_url where it is not the public one (a VPC endpoint)."""
+    return boto3.client("autoscaling", region_name=region, endpoint_url=endpoint_url)
 
 
 def _call(what: str, operation: Any, *args: Any, **kwargs: Any) -> Any:

@@ -226,13 +226,22 @@ class LocalFleet:
         return [state for _, _, state in self.releases().values()].count("serving")
 
     def autoscaler(
-        self, enabled: bool, policy: dict, interval_s: float = 2, window_s: int = 10
+        self,
+        enabled: bool,
+        policy: dict,
+        interval_s: float = 2,
+        window_s: int = 10,
+        burst: dict | None = None,
+        environment: dict | None = None,
     ) -> PlaybookRun:
         """control.yml with the autoscaler on (these rules, a reading every interval_s averaged over
-        window_s) or off. Its scale runs get the fleet's settings from a private file: its path, not the
-        settings (the API key among them), goes on their command line and into the runner's log."""
+        window_s; a burst group when given, with the environment that says where its AWS credentials
+        are) or off. Its runs get the fleet's settings from a private file: its path, not the settings
+        (the API key among them), goes on their command line and into the runner's log."""
         settings = self.settings_file()
         return self.run("control.yml", {
+            "control_node_autoscaler_burst": burst or {},
+            "control_node_autoscaler_environment": environment or {},
             "control_node_autoscaler_enabled": enabled,
             "control_node_autoscaler_policy": policy,
             "control_node_autoscaler_prometheus": self.prometheus.url,

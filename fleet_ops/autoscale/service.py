@@ -13,6 +13,15 @@ Its configuration is one YAML file (the control_node role writes it):
     metrics_port: 9106
     dry_run: false
     policy: {min_replicas: 1, max_replicas: 4, capacity_per_replica: 16, ...}   # policy.Policy's fields
+    burst:                       # optional: the cloud group behind the metal load balancers
+      stack_outputs: /etc/model-runtime/cloud-outputs.json   # `pulumi stack output --json` of the stack
+      region: us-east-1
+      endpoint_url: null         # the AWS API's address, where not the public one (a VPC endpoint)
+      backend: burst             # the load balancers' burst backend (loadbalancer_burst_backend_name)
+      policy: {capacity_per_instance: 16, ...}                # policy.BurstPolicy's fields
+
+One file, then, names the metal fleet (the runner runs its inventory's playbooks), the cloud stack's
+outputs and every threshold.
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from fleet_ops.autoscale.actuator import LOCK_HELD, ScaleRun
-from fleet_ops.autoscale.policy import Decision, Memory, Policy, decide
+from fleet_ops.autoscale.actuator import LOCK_HELD, CloudBurst, Runner, ScaleRun
+from fleet_ops.autoscale.policy import BurstPolicy, Decision, Memory, Policy, decide, decide_burst
 from fleet_ops.autoscale.signals import read_signals
+from fleet_ops.cloud_scale import CloudError, autoscaling_client
 from fleet_ops.prometheus import Prometheus, PrometheusError
 
 log = logging.getLogger("fleet_ops.autoscale")
@@ -39,6 +50,60 @@ log = logging.getLogger("fleet_ops.autoscale")
 
 class ConfigError(ValueError):
     """The configuration file is wrong; the message names the key."""
+
+
+def _known_keys(raw: dict, known: set[str], where: str, prefix: str = "") -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {prefix + key!r} (known: {', '.join(sorted(known))})")
+
+
+def _policy(cls: type, raw: object, where: str, key: str) -> object:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {key} must be a mapping of {cls.__name__}'s fields")
+    _known_keys(raw, {f.name for f in fields(cls)}, where, f"{key}.")
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {key}: {error}") from error
+
+
+@dataclass(frozen=True)
+class BurstConfig:
+    """The cloud group behind the metal load balancers, from the stack's outputs."""
+
+    group: str
+    policy: BurstPolicy
+    region: str | None = None
+    endpoint_url: str | None = None
+    backend: str = "burst"
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str) -> BurstConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: burst must be a mapping")
+        _known_keys(raw, {"stack_outputs", "region", "endpoint_url", "backend", "policy"}, where, "burst.")
+        for key in ("stack_outputs", "policy"):
+            if key not in raw:
+                raise ConfigError(f"{where}: burst.{key} is required")
+        try:
+            outputs = json.loads(Path(raw["stack_outputs"]).read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{where}: burst.stack_outputs: {error}") from error
+        group = outputs.get("autoscalingGroupName") if isinstance(outputs, dict) else None
+        if not isinstance(group, str) or not group:
+            raise ConfigError(
+                f"{where}: burst.stack_outputs: no autoscalingGroupName in {raw['stack_outputs']}"
+            )
+        policy = _policy(BurstPolicy, raw["policy"], where, "burst.policy")
+        assert isinstance(policy, BurstPolicy)
+        return cls(
+            group=group,
+            policy=policy,
+            region=raw.get("region"),
+            endpoint_url=raw.get("endpoint_url"),
+            backend=str(raw.get("backend", "burst")),
+        )
 
 
 @dataclass(frozen=True)
@@ -52,6 +117,7 @@ class Config:
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 0
     dry_run: bool = False
+    burst: BurstConfig | None = None
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -65,93 +131,116 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> Config:
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        _known_keys(raw, {f.name for f in fields(cls)}, where)
         for key in ("prometheus", "runner", "policy"):
             if key not in raw:
                 raise ConfigError(f"{where}: {key} is required")
-        policy = raw["policy"]
-        if not isinstance(policy, dict):
-            raise ConfigError(f"{where}: policy must be a mapping of policy.Policy's fields")
-        policy_fields = {f.name for f in fields(Policy)}
-        for key in policy:
-            if key not in policy_fields:
-                raise ConfigError(
-                    f"{where}: unknown key policy.{key} (known: {', '.join(sorted(policy_fields))})"
-                )
+        policy = _policy(Policy, raw["policy"], where, "policy")
+        burst = raw.get("burst")
         try:
             return cls(
                 **{
                     **raw,
-                    "policy": Policy(**policy),
+                    "policy": policy,
                     "playbook_args": tuple(str(a) for a in raw.get("playbook_args", ())),
+                    "burst": None if burst is None else BurstConfig.from_dict(burst, where),
                 }
             )
         except (TypeError, ValueError) as error:
-            raise ConfigError(f"{where}: policy: {error}") from error
+            raise ConfigError(f"{where}: {error}") from error
 
 
 @dataclass
 class Exported:
-    """The decisions as Prometheus metrics (served on the configured port)."""
+    """The decisions as Prometheus metrics (served on the configured port), by target: metal (replicas)
+    or cloud (the burst group's instances)."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
         r = self.registry
         self.replicas = Gauge(
-            "fleet_autoscaler_replicas", "Serving replicas seen, and wanted", ["kind"], registry=r
-        )
+            "fleet_autoscaler_replicas", "Replicas (metal) or instances (cloud) seen, and wanted",
+            ["target", "kind"], registry=r,
+        )  # fmt: skip
         self.signal = Gauge("fleet_autoscaler_signal", "The last reading, by signal", ["signal"], registry=r)
-        self.decisions = Counter("fleet_autoscaler_decisions", "Decisions by action", ["action"], registry=r)
-        self.runs = Counter("fleet_autoscaler_scale_runs", "scale.yml runs by result", ["result"], registry=r)
+        self.decisions = Counter(
+            "fleet_autoscaler_decisions", "Decisions by target and action", ["target", "action"], registry=r
+        )
+        self.runs = Counter(
+            "fleet_autoscaler_scale_runs", "Scale runs by target and result", ["target", "result"], registry=r
+        )
         self.errors = Counter(
-            "fleet_autoscaler_reading_errors", "Readings that Prometheus failed", registry=r
+            "fleet_autoscaler_reading_errors", "Readings that Prometheus or AWS failed", registry=r
         )
         self.dry_run = Gauge("fleet_autoscaler_dry_run", "1 when decisions are only printed", registry=r)
 
-    def decision(self, decision: Decision) -> None:
-        self.replicas.labels(kind="current").set(decision.replicas)
-        self.replicas.labels(kind="wanted").set(decision.wanted)
+    def decision(self, target: str, decision: Decision) -> None:
+        self.replicas.labels(target=target, kind="current").set(decision.replicas)
+        self.replicas.labels(target=target, kind="wanted").set(decision.wanted)
         for name, value in decision.inputs.items():
             if value is not None:
                 self.signal.labels(signal=name).set(value)
-        self.decisions.labels(action=decision.action).inc()
+        self.decisions.labels(target=target, action=decision.action).inc()
 
 
 class Autoscaler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.prometheus = Prometheus(config.prometheus)
-        self.act = ScaleRun(config.runner, config.playbook_args)
+        runner = Runner(config.runner, config.playbook_args)
+        self.scale_metal = ScaleRun(runner)
         self.memory = Memory()
+        self.burst = config.burst
+        if self.burst:
+            client = autoscaling_client(self.burst.region, self.burst.endpoint_url)
+            self.scale_cloud = CloudBurst(runner, self.burst.group, client)
+            self.cloud_memory = Memory()
         self.exported = Exported()
         self.exported.dry_run.set(1 if config.dry_run else 0)
 
     def step(self) -> Decision | None:
-        """One reading, decision and (unless dry_run) action; None when Prometheus could not be read."""
+        """One reading and decision, carried out unless dry_run: metal's first; the cloud's (with a
+        burst group) when metal holds. The decision acted on (or metal's hold); None when Prometheus or
+        AWS could not be read."""
+        now = time.monotonic
         try:
-            seen = read_signals(self.prometheus, self.config.window_s)
-        except PrometheusError as error:
+            seen = read_signals(
+                self.prometheus, self.config.window_s, self.burst.backend if self.burst else None
+            )
+            cloud = self.scale_cloud.size() if self.burst else None
+        except (PrometheusError, CloudError) as error:
             self.exported.errors.inc()
             log.warning("no reading: %s", error)
             return None
-        decision = decide(self.config.policy, seen, self.memory, time.monotonic())
-        self.exported.decision(decision)
-        record = {"decision": asdict(decision), "dry_run": self.config.dry_run}
+        decision = decide(self.config.policy, seen, self.memory, now())
+        if decision.action == "in" and cloud and cloud.desired > cloud.min_size:
+            decision = replace(
+                decision, action="hold", wanted=decision.replicas,
+                reason=f"{decision.reason}; the cloud drains first ({cloud.desired} instances)",
+            )  # fmt: skip
+        self._carry_out("metal", decision, self.memory, lambda: self.scale_metal(decision.wanted))
+        if decision.action != "hold" or not self.burst or not cloud:
+            return decision
+        burst = decide_burst(self.config.policy, self.burst.policy, seen, cloud, self.cloud_memory, now())
+        self._carry_out(
+            "cloud", burst, self.cloud_memory, lambda: self.scale_cloud(burst.wanted, cloud.desired)
+        )
+        return burst if burst.action != "hold" else decision
+
+    def _carry_out(self, target: str, decision: Decision, memory: Memory, act: Callable[[], int]) -> None:
+        self.exported.decision(target, decision)
+        record: dict = {"target": target, "decision": asdict(decision), "dry_run": self.config.dry_run}
         if decision.action != "hold" and not self.config.dry_run:
-            code = self.act(decision.wanted)
+            code = act()
             result = "done" if code == 0 else "lock-held" if code == LOCK_HELD else "failed"
-            self.exported.runs.labels(result=result).inc()
+            self.exported.runs.labels(target=target, result=result).inc()
             record["run"] = {"exit": code, "result": result}
             # A skipped run changed nothing; a failed one may have changed part of the fleet: cool
             # down after it as after a change, and read the fleet anew next time.
             if result != "lock-held":
-                self.memory.last_change_s = time.monotonic()
+                memory.last_change_s = time.monotonic()
         log.info(json.dumps(record, sort_keys=True))
-        return decision
 
     def serve(self, stop: threading.Event, once: bool = False) -> None:
         if self.config.metrics_port:

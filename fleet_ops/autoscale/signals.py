@@ -1,6 +1,7 @@
 """The autoscaler's readings, from the fleet's Prometheus: the serving replicas (the runtime targets it
 scrapes, which every scale run rewrites) and, averaged over a window, the sequences waiting and running,
-the refusals and the time to first token's p90."""
+the refusals and the time to first token's p90; with a burst backend, the requests in flight there (the
+load balancers' own sessions: the cloud's metrics are in CloudWatch, not here)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from fleet_ops.prometheus import Prometheus
 JOB = 'job="model-runtime"'
 
 
-def queries(window_s: int) -> dict[str, str]:
+def queries(window_s: int, burst_backend: str | None = None) -> dict[str, str]:
     window = f"{window_s}s"
+    burst = {
+        "burst_running": (
+            f'sum(avg_over_time(haproxy_backend_current_sessions{{proxy="{burst_backend}"}}[{window}]))'
+        )
+    }
     return {
         "replicas": f"count(up{{{JOB}}})",
         "queued": f"sum(avg_over_time(model_runtime_queue_depth{{{JOB}}}[{window}]))",
@@ -23,13 +29,14 @@ def queries(window_s: int) -> dict[str, str]:
             "histogram_quantile(0.9, sum by (le) "
             f"(rate(model_runtime_time_to_first_token_seconds_bucket{{{JOB}}}[{window}])))"
         ),
+        **(burst if burst_backend else {}),
     }
 
 
-def read_signals(prometheus: Prometheus, window_s: int) -> Signals:
+def read_signals(prometheus: Prometheus, window_s: int, burst_backend: str | None = None) -> Signals:
     """One reading. A series with no sample (no instance yet, no refusal ever) counts as 0; the p90 of
     a window without first tokens is None (Prometheus answers NaN)."""
-    values = {name: prometheus.value(expr) for name, expr in queries(window_s).items()}
+    values = {name: prometheus.value(expr) for name, expr in queries(window_s, burst_backend).items()}
     ttft = values["ttft_p90_s"]
     return Signals(
         replicas=int(values["replicas"] or 0),
@@ -37,4 +44,5 @@ def read_signals(prometheus: Prometheus, window_s: int) -> Signals:
         running=values["running"] or 0.0,
         refused_per_s=values["refused_per_s"] or 0.0,
         ttft_p90_s=None if ttft is None or math.isnan(ttft) else ttft,
+        burst_running=values.get("burst_running") or 0.0,
     )

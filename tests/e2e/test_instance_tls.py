@@ -16,27 +16,14 @@ import pytest
 
 from harness.server import RuntimeProcess
 from model_runtime.config import ConfigError, load_settings
+from tests.support.pki import make_pki
 
 pytestmark = pytest.mark.e2e
 
 
-def openssl(*argv: str) -> None:
-    subprocess.run(["openssl", *argv], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA and a server certificate it signs for 127.0.0.1 (what the fleet_ca role makes per host)."""
-    folder = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-            "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.pem"))  # fmt: skip
-    openssl("req", "-x509", "-CA", str(folder / "ca.pem"), "-CAkey", str(folder / "ca.key"), "-newkey",
-            "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE",
-            "-addext", "extendedKeyUsage=serverAuth",
-            "-keyout", str(folder / "server.key"), "-out", str(folder / "server.crt"))  # fmt: skip
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

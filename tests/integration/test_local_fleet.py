@@ -2,8 +2,9 @@
 2 instances, Prometheus watching them), the openai client through the load balancer, an idempotent
 second run, Prometheus's targets and the dashboard's queries; then, under constant load through
 HAProxy with every request counted, a rolling upgrade of runtime, model and engine, a rollback, a broken
-release, a kill -9, a stalled engine, a soak, a scheduled scale run down to one replica and the
-autoscaler out to two and back; stop.yml at the end."""
+release, a kill -9, a stalled engine, a soak, a scheduled scale run down to one replica, the
+autoscaler out to two and back, and a burst to a stand-in cloud behind HAProxy and back; stop.yml at
+the end."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from fleet_ops.cloud_scale import describe_group
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness import REPO
 from harness.dashboard import dashboard_queries
@@ -29,6 +31,8 @@ from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
 from harness.vllm_env import vllm_engine_settings
+from tests.support.cloud_standin import CloudStandIn, make_group
+from tests.support.s3 import s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +59,6 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
     fleet = LocalFleet(
         tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
     )
-    # supervisord gives a release that cannot load one retry instead of the default three before its
-    # FATAL ends the readiness wait: the broken release stops at the first instance just the same,
-    # two model loads sooner.
-    fleet.settings["model_runtime_start_retries"] = 1
     # The vLLM build this machine has (its CPU build, its own environment): the upgrade rolls to it.
     fleet.settings["model_runtime_vllm_python"] = str(vllm_python)
     # The operator's PYTHONPATH leads to a uvicorn that cannot be imported: the instances (and the role's
@@ -68,6 +68,18 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
     (decoy / "uvicorn" / "__init__.py").write_text(
         'raise ImportError("the caller\'s PYTHONPATH reached the fleet")\n'
     )
+    # The cloud behind the load balancer (the burst test below): HAProxy knows its endpoint from the
+    # start, and finds it down (nothing there) until the group wants an instance.
+    fleet.cloud = CloudStandIn(
+        CLOUD_GROUP, demo_model, tmp_path_factory.mktemp("cloud"), KEY, {"scheduler": CLOUD_SCHEDULER}
+    )
+    fleet.settings.update({
+        "loadbalancer_burst_servers": [
+            {"name": "cloud", "address": "127.0.0.1", "port": fleet.cloud.port, "host": "localhost"}
+        ],
+        "loadbalancer_burst_ca_file": str(fleet.cloud.pki / "ca.pem"),
+        "loadbalancer_burst_after_connections": OVERLOAD_SETTINGS["scheduler"]["max_batch_size"],
+    })  # fmt: skip
     fleet.first = fleet.run("site.yml", env={"PYTHONPATH": str(decoy)})
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
@@ -245,7 +257,7 @@ def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: L
     assert "localhost instance 1 failed at step ready" in run.output, run.output[-5000:]
     assert re.search(r"the instance stopped for good: \S+-1 +FATAL", run.output), run.output[-5000:]
     assert "the run stops here" in run.output
-    retries = fleet.settings["model_runtime_start_retries"]
+    retries = role_defaults("model_runtime")["model_runtime_start_retries"]
     assert process_starts(fleet, 1) == starts + retries + 1 + 1  # the broken release's tries, the restore
     assert KEY not in run.output
     assert traffic.failures == [], traffic.failures[:3]
@@ -384,13 +396,29 @@ AUTOSCALE_POLICY = {"min_replicas": 1, "max_replicas": 2, "capacity_per_replica"
                     "stable_in_s": 10}  # fmt: skip
 
 
+# The cloud group (in moto's server) and what one of its instances runs at once.
+CLOUD_GROUP = "gpu-burst"
+CLOUD_SCHEDULER = {"max_batch_size": 4}
+# The cloud stand-in's answers: its model version is "test" (harness.server.RuntimeProcess).
+CLOUD_FINGERPRINT = "demo@test"
+
+
+def served_by_cloud(outcomes: list) -> int:
+    return sum(1 for o in outcomes if o.fingerprint.endswith(CLOUD_FINGERPRINT))
+
+
 def autoscaler(fleet: LocalFleet, enabled: bool) -> None:
     run = fleet.autoscaler(enabled, AUTOSCALE_POLICY)
     assert run.returncode == 0, run.output[-4000:]
 
 
-def actions(fleet: LocalFleet) -> list[str]:
-    return [entry["decision"]["action"] for entry in fleet.autoscaler_decisions()]
+def decisions(fleet: LocalFleet, target: str = "metal") -> list[dict]:
+    """The autoscaler's logged decisions for metal (the replicas) or the cloud (the burst group)."""
+    return [entry for entry in fleet.autoscaler_decisions() if entry["target"] == target]
+
+
+def actions(fleet: LocalFleet, target: str = "metal") -> list[str]:
+    return [entry["decision"]["action"] for entry in decisions(fleet, target)]
 
 
 def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_request(fleet: LocalFleet) -> None:
@@ -409,20 +437,20 @@ def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_reques
         out = actions(fleet).index("out")
         # The same load on two replicas, for eight readings more.
         assert settle(lambda: len(actions(fleet)) > out + 8, timeout_s=120)
-        steady = fleet.autoscaler_decisions()[out + 1 : out + 9]
+        steady = decisions(fleet)[out + 1 : out + 9]
     with fleet.load(clients=1, pause_s=0.25) as light:
         assert settle(lambda: "in" in actions(fleet), timeout_s=400), actions(fleet)
     assert fleet.serving() == 1
     autoscaler(fleet, enabled=False)
     assert overload.failures == []
     assert light.failures == []
-    decisions = [entry["decision"] for entry in fleet.autoscaler_decisions()]
-    changes = [entry for entry in fleet.autoscaler_decisions() if entry["decision"]["action"] != "hold"]
+    made = [entry["decision"] for entry in decisions(fleet)]
+    changes = [entry for entry in decisions(fleet) if entry["decision"]["action"] != "hold"]
     assert [(c["decision"]["action"], c["decision"]["wanted"], c["run"]["result"]) for c in changes] == [
         ("out", 2, "done"), ("in", 1, "done")
     ]  # fmt: skip
     # It acted on its first reading that saw the queue: no overloaded reading was held before it.
-    first_overloaded = next(d for d in decisions if "queued per replica >" in d["reason"])
+    first_overloaded = next(d for d in made if "queued per replica >" in d["reason"])
     assert first_overloaded["action"] == "out", first_overloaded
     assert first_overloaded["inputs"]["queued"] > 0
     assert [d["decision"]["action"] for d in steady] == ["hold"] * len(steady), steady
@@ -449,6 +477,54 @@ def test_the_autoscaler_in_dry_run_prints_a_decision_and_changes_nothing(fleet: 
     assert (printed["decision"]["action"], printed["decision"]["wanted"]) == ("out", 2)
     assert "run" not in printed
     assert fleet.releases() == before
+
+
+def test_burst_to_the_cloud_takes_the_overflow_and_drains_first_without_a_failed_request(
+    fleet: LocalFleet, tmp_path: Path
+) -> None:
+    """Metal at its maximum (one replica here): 7 clients make a queue, the autoscaler raises the cloud
+    group (boto3, moto's server) and opens the burst backend; the overflow, and only it, goes to the
+    cloud. A light load afterwards stays on metal; the cloud drains, goes back to 0, and metal keeps its
+    replica."""
+    with s3_server() as endpoint:
+        make_group(CLOUD_GROUP, max_size=2)
+        outputs = tmp_path / "cloud-outputs.json"  # what `pulumi stack output --json` writes
+        outputs.write_text(json.dumps({"autoscalingGroupName": CLOUD_GROUP, "endpointUrl": "https://x"}))
+        credentials = tmp_path / "aws-credentials"
+        credentials.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+        burst = {"stack_outputs": str(outputs), "region": "us-east-1", "endpoint_url": endpoint,
+                 "policy": {"capacity_per_instance": CLOUD_SCHEDULER["max_batch_size"], "cooldown_out_s": 60,
+                            "cooldown_in_s": 10, "stable_in_s": 10}}  # fmt: skip
+        with fleet.cloud as cloud:
+            on = fleet.autoscaler(True, {**AUTOSCALE_POLICY, "max_replicas": 1}, burst=burst,
+                                  environment={"AWS_SHARED_CREDENTIALS_FILE": str(credentials)})  # fmt: skip
+            assert on.returncode == 0, on.output[-4000:]
+            with fleet.load(clients=7) as overload:
+                assert settle(lambda: served_by_cloud(overload.outcomes) >= 20, timeout_s=400), (
+                    actions(fleet, "cloud"),
+                    fleet.server_checks(),
+                )
+            with fleet.load(clients=1, pause_s=0.25) as light:
+                assert settle(lambda: "in" in actions(fleet, "cloud") and not cloud.running(), timeout_s=400)
+            autoscaler(fleet, enabled=False)
+            desired = describe_group(CLOUD_GROUP).desired
+    assert overload.failures == [], overload.failures[:3]
+    assert light.failures == [], light.failures[:3]
+    assert desired == 0
+    assert (cloud.started, cloud.stopped) == (1, 1)
+    changes = [e for e in decisions(fleet, "cloud") if e["decision"]["action"] != "hold"]
+    assert [(c["decision"]["action"], c["decision"]["wanted"], c["run"]["result"]) for c in changes] == [
+        ("out", 1, "done"), ("in", 0, "done")
+    ]  # fmt: skip
+    assert "metal at its maximum (1)" in changes[0]["decision"]["reason"]
+    # The overflow only: metal kept serving throughout; the light load never reached the cloud.
+    assert served_by_cloud(overload.outcomes) < len(overload.outcomes)
+    assert served_by_cloud(light.outcomes) == 0
+    assert fleet.serving() == 1
+    log = (fleet.prefix / "var/log/model-runtime/schedules/autoscale.log").read_text()
+    assert "burst.yml -e burst_state=ready" in log
+    assert "burst.yml -e burst_state=drain" in log
+    assert KEY not in log
 
 
 def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet) -> None:
