@@ -59,12 +59,16 @@ class CloudBurst:
         return CloudGroup(desired=found.desired, min_size=found.min_size, max_size=found.max_size)
 
     def __call__(self, wanted: int, current: int) -> int:
-        """Raise the group, then open the overflow path; or drain it (until the burst servers are
+        """Open the overflow path, then raise the group (a burst server with no instance behind it yet
+        stays down at the load balancers' health checks: a path opened first costs nothing, and a run
+        that finds the lock taken has changed nothing); or drain the path (until the burst servers are
         idle), lower the group, and open it again if the group keeps instances."""
         try:
             if wanted > current:
-                scale(self.group, wanted, self.client)
-                return self.run("burst.yml", burst_state="ready")
+                opened = self.run("burst.yml", burst_state="ready")
+                if opened == 0:
+                    scale(self.group, wanted, self.client)
+                return opened
             drained = self.run("burst.yml", burst_state="drain")
             if drained != 0:
                 return drained

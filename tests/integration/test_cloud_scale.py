@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import pytest
 
-from fleet_ops.cloud_scale import CloudError, describe_group, scale
+from fleet_ops.autoscale.actuator import LOCK_HELD, CloudBurst, Runner
+from fleet_ops.cloud_scale import CloudError, autoscaling_client, describe_group, scale
 from tests.support.pulumi_mocks import run_program
 from tests.support.s3 import s3_server
 
@@ -122,3 +124,31 @@ def test_schedules_lists_the_actions_made_from_the_schedule_file(group: dict) ->
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["name", "recurrence", "desired"]
     assert any(line.startswith("weekday-mornings") and "0 8 * * 1-5" in line for line in lines)
+
+
+def test_the_burst_actuator_opens_the_path_before_a_raise_and_drains_it_before_a_lowering(
+    group: dict, tmp_path: Path
+) -> None:
+    """CloudBurst against the group in moto, with a runner that records its runs and exits as told: a
+    run that finds the fleet's lock taken (75) leaves the group as it was, either way."""
+    calls, status = tmp_path / "calls", tmp_path / "status"
+    runner = tmp_path / "fleet-run"
+    runner.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit "$(cat {status})"\n')
+    runner.chmod(0o755)
+    burst = CloudBurst(Runner(str(runner)), GROUP, autoscaling_client("us-east-1"))
+    ready, drain = "autoscale burst.yml -e burst_state=ready", "autoscale burst.yml -e burst_state=drain"
+    scale(GROUP, 1)
+
+    status.write_text("75")
+    assert burst(2, 1) == LOCK_HELD
+    assert describe_group(GROUP).desired == 1
+    status.write_text("0")
+    assert burst(2, 1) == 0
+    assert describe_group(GROUP).desired == 2
+    status.write_text("75")
+    assert burst(1, 2) == LOCK_HELD
+    assert describe_group(GROUP).desired == 2
+    status.write_text("0")
+    assert burst(1, 2) == 0
+    assert describe_group(GROUP).desired == 1
+    assert calls.read_text().splitlines() == [ready, ready, drain, drain, ready]  # reopened: 1 instance left

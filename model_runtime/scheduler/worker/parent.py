@@ -297,11 +297,18 @@ class EngineProcess:
                     continue
                 for event in events:
                     previous = request.last.get(event.index)
+                    new = event.tokens - request.tokens.get(event.index, 0)
+                    # One inter-token observation per token, as the histogram promises: an engine
+                    # that hands over several tokens at once (vLLM may) spreads the gap over them,
+                    # and the ones that came with the first token came with no gap.
                     if previous is None:
                         self.observer.observe_first_token(now - request.arrival)
-                    elif event.tokens > request.tokens.get(event.index, 0):
-                        self.observer.observe_inter_token(now - previous)
-                    generated += event.tokens - request.tokens.get(event.index, 0)
+                        gaps = [0.0] * (new - 1)
+                    else:
+                        gaps = [(now - previous) / new] * new if new > 0 else []
+                    for gap in gaps:
+                        self.observer.observe_inter_token(gap)
+                    generated += new
                     request.last[event.index] = now
                     request.tokens[event.index] = event.tokens
                     if event.final:
