@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -52,13 +53,16 @@ class ConfigError(ValueError):
     """The configuration file is wrong; the message names the key."""
 
 
+PolicyT = TypeVar("PolicyT", Policy, BurstPolicy)
+
+
 def _known_keys(raw: dict, known: set[str], where: str, prefix: str = "") -> None:
     for key in raw:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {prefix + key!r} (known: {', '.join(sorted(known))})")
 
 
-def _policy(cls: type, raw: object, where: str, key: str) -> object:
+def _policy(cls: type[PolicyT], raw: object, where: str, key: str) -> PolicyT:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {key} must be a mapping of {cls.__name__}'s fields")
     _known_keys(raw, {f.name for f in fields(cls)}, where, f"{key}.")
@@ -96,7 +100,6 @@ class BurstConfig:
                 f"{where}: burst.stack_outputs: no autoscalingGroupName in {raw['stack_outputs']}"
             )
         policy = _policy(BurstPolicy, raw["policy"], where, "burst.policy")
-        assert isinstance(policy, BurstPolicy)
         return cls(
             group=group,
             policy=policy,

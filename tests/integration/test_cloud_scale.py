@@ -139,16 +139,14 @@ def test_the_burst_actuator_opens_the_path_before_a_raise_and_drains_it_before_a
     ready, drain = "autoscale burst.yml -e burst_state=ready", "autoscale burst.yml -e burst_state=drain"
     scale(GROUP, 1)
 
-    status.write_text("75")
-    assert burst(2, 1) == LOCK_HELD
-    assert describe_group(GROUP).desired == 1
-    status.write_text("0")
-    assert burst(2, 1) == 0
-    assert describe_group(GROUP).desired == 2
-    status.write_text("75")
-    assert burst(1, 2) == LOCK_HELD
-    assert describe_group(GROUP).desired == 2
-    status.write_text("0")
-    assert burst(1, 2) == 0
-    assert describe_group(GROUP).desired == 1
+    # (the runner's exit, wanted, current) -> the group's desired capacity afterwards
+    for exit_code, wanted, current, desired in [
+        (LOCK_HELD, 2, 1, 1),
+        (0, 2, 1, 2),
+        (LOCK_HELD, 1, 2, 2),
+        (0, 1, 2, 1),
+    ]:
+        status.write_text(str(exit_code))
+        assert burst(wanted, current) == exit_code
+        assert describe_group(GROUP).desired == desired, (exit_code, wanted, current)
     assert calls.read_text().splitlines() == [ready, ready, drain, drain, ready]  # reopened: 1 instance left
