@@ -193,12 +193,13 @@ class Boot:
             value = reply.get("SecretString") or ""
         else:
             raise BootError(f"api_keys {reference!r}: not ssm:NAME or secretsmanager:NAME")
-        keys = [
-            key.strip()
-            for line in value.splitlines()
-            for key in line.split("#", 1)[0].split(",")
-            if key.strip()
-        ]
+        keys: list[str] = []
+        for line in value.splitlines():
+            text = line.split("#", 1)[0].strip()
+            if "=" in text:  # a key with its settings (priority=..., models=a,b): the role reads the line
+                keys.append(text)
+            else:  # keys alone, one or several a line (separated by commas)
+                keys.extend(key.strip() for key in text.split(",") if key.strip())
         if not keys:
             raise BootError(f"{reference} holds no API key")
         self.log(f"read {len(keys)} API key(s) from {reference}")

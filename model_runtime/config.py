@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from model_runtime.access import OPEN, KeyFileError, KeyPolicy, read_key_lines
 from model_runtime.errors import OperatorError
 
 ENV_PREFIX = "MODEL_RUNTIME_"
@@ -106,7 +107,9 @@ class ServerSettings(_Section):
     port: int = Field(default=8101, ge=0, le=65535, description="Port of the public listener")
     api_keys_file: Path | None = Field(
         default=None,
-        description=f"One key per line, '#' starts a comment; {API_KEYS_ENV}=k1,k2 adds keys",
+        description="One key per line, optionally with its settings (priority=interactive|standard|batch, "
+        "models=a,b; requests_per_minute and tokens_per_minute are the load balancer's), '#' starts a "
+        f"comment; {API_KEYS_ENV}=k1,k2 adds keys without settings",
     )
     allow_unauthenticated: bool = Field(
         default=False,
@@ -214,12 +217,33 @@ class SchedulerSettings(_Section):
         "(exit 1, for the service manager to restart it); at least engine_stall_s",
     )
     max_n: int = Field(default=8, gt=0, description="Largest `n` (choices per request) accepted")
+    priority_max_bypass: int = Field(
+        default=8,
+        ge=0,
+        description="How many requests of a higher priority class that arrived later may be admitted "
+        "ahead of a waiting one before it goes next: what bounds a lower class's wait (0: arrival order)",
+    )
+    interactive_slots: int = Field(
+        default=0,
+        ge=0,
+        description="Batch slots that only interactive requests may take, so that one finds a slot "
+        "without waiting for standard or batch work to finish; below max_batch_size",
+    )
     torch_threads: int | None = Field(
         default=None,
         gt=0,
         description="Engine intra-op threads; none: measured at start (all cores, or one left free for "
         "the HTTP process, whichever decodes faster)",
     )
+
+    @model_validator(mode="after")
+    def _slots_left_for_every_class(self) -> SchedulerSettings:
+        if self.interactive_slots >= self.max_batch_size:
+            raise ValueError(
+                f"interactive_slots: {self.interactive_slots} leaves no batch slot of {self.max_batch_size} "
+                "(max_batch_size) to standard and batch requests"
+            )
+        return self
 
     @model_validator(mode="after")
     def _stall_limits_in_order(self) -> SchedulerSettings:
@@ -309,8 +333,9 @@ class Settings(_Section):
             )
         return self
 
-    def api_keys(self) -> frozenset[str]:
-        """Keys from the key file and the environment. Read once at start."""
+    def api_keys(self) -> dict[str, KeyPolicy]:
+        """Keys from the key file (each with its policy) and the environment (the open policy). Read once
+        at start."""
         keys = _read_keys("server.api_keys_file", self.server.api_keys_file, API_KEYS_ENV)
         if not keys and not self.server.allow_unauthenticated:
             raise ConfigError(
@@ -321,19 +346,24 @@ class Settings(_Section):
 
     def admin_keys(self) -> frozenset[str]:
         """Keys of the admin endpoints; none means the admin endpoints do not exist."""
-        return _read_keys("server.admin_keys_file", self.server.admin_keys_file, ADMIN_KEYS_ENV)
+        return frozenset(_read_keys("server.admin_keys_file", self.server.admin_keys_file, ADMIN_KEYS_ENV))
 
 
-def _read_keys(setting: str, path: Path | None, env: str) -> frozenset[str]:
-    keys: set[str] = set()
+def _read_keys(setting: str, path: Path | None, env: str) -> dict[str, KeyPolicy]:
+    keys: dict[str, KeyPolicy] = {}
     if path is not None:
         try:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"{setting}: cannot read {path}: {exc}") from exc
-        keys.update(line.split("#", 1)[0].strip() for line in text.splitlines())
-    keys.update(k.strip() for k in os.environ.get(env, "").split(","))
-    return frozenset(k for k in keys if k)
+        try:
+            keys.update(read_key_lines(text.splitlines(), f"{setting} ({path})"))
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
+    for key in os.environ.get(env, "").split(","):
+        if key.strip():
+            keys.setdefault(key.strip(), OPEN)
+    return keys
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

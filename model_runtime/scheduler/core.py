@@ -13,12 +13,12 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from model_runtime.access import DEFAULT_PRIORITY, PRIORITIES, Priority
 from model_runtime.config import SchedulerSettings
 from model_runtime.engine.base import Engine, RoutableEngine
 from model_runtime.scheduler.events import (
@@ -35,6 +35,7 @@ from model_runtime.scheduler.events import (
     deliver_here,
     retry_after,
 )
+from model_runtime.scheduler.line import WaitingLine
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.sampling import LogitBias, SampleRow, make_bias, make_generator, sample
 from model_runtime.scheduler.text import IncrementalText
@@ -77,7 +78,7 @@ class Scheduler:
         self._eos = sorted(engine.info.eos_token_ids)
         self._ids = itertools.count()
         self._cond = threading.Condition()
-        self._waiting: deque[_Seq] = deque()
+        self._waiting: WaitingLine[_Seq] = WaitingLine(settings.priority_max_bypass)
         self._cancelled: set[int] = set()
         self._running: list[_Seq] = []
         self._stopping = False
@@ -88,8 +89,15 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, prompt: Sequence[int], params: Sequence[SamplingParams], sink: Sink) -> Handle:
-        """Queue one sequence per entry of params (a request's n choices), all or none."""
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: Sequence[SamplingParams],
+        sink: Sink,
+        priority: Priority = DEFAULT_PRIORITY,
+    ) -> Handle:
+        """Queue one sequence per entry of params (a request's n choices), all or none, in the line of
+        its priority class."""
         now = time.monotonic()
         seqs = [
             _Seq(
@@ -111,7 +119,7 @@ class Scheduler:
             free_slots = self.settings.max_batch_size - len(self._running)
             if len(self._waiting) + len(seqs) > self.settings.max_queue + max(free_slots, 0):
                 raise QueueFull(self.retry_after())
-            self._waiting.extend(seqs)
+            self._waiting.extend(seqs, priority)
             self._cond.notify()
         return Handle(tuple(s.id for s in seqs))
 
@@ -124,9 +132,9 @@ class Scheduler:
         return retry_after(self._step_seconds)
 
     @property
-    def load(self) -> tuple[int, int]:
-        """(waiting, running) sequences."""
-        return len(self._waiting), len(self._running)
+    def load(self) -> tuple[tuple[int, ...], int]:
+        """(sequences waiting in each priority class, running sequences)."""
+        return self._waiting.depths(), len(self._running)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fail whatever is waiting or running with SchedulerClosed and end the thread."""
@@ -186,14 +194,17 @@ class Scheduler:
 
     def _admit_locked(self) -> list[_Seq]:
         """Waiting sequences for one prefill: as many as there are slots and prefill budget (prompt
-        tokens), in arrival order; a prompt longer than the budget goes alone (the engine chunks it)."""
+        tokens), in the waiting line's order (by priority, see line.py); a prompt longer than the budget
+        goes alone (the engine chunks it)."""
         admitted: list[_Seq] = []
         tokens = 0
-        while self._waiting and len(self._running) + len(admitted) < self.settings.max_batch_size:
-            seq = self._waiting[0]
-            if admitted and tokens + len(seq.prompt) > self.settings.max_prefill_tokens:
+        settings = self.settings
+        while (taken := len(self._running) + len(admitted)) < settings.max_batch_size:
+            classes = len(PRIORITIES) if taken < settings.max_batch_size - settings.interactive_slots else 1
+            seq = self._waiting.peek(classes)
+            if seq is None or (admitted and tokens + len(seq.prompt) > settings.max_prefill_tokens):
                 break
-            admitted.append(self._waiting.popleft())
+            admitted.append(self._waiting.pop(classes))
             tokens += len(seq.prompt)
         return admitted
 

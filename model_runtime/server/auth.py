@@ -6,20 +6,25 @@ document."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, TypeVar
 
-from fastapi import Security
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from model_runtime.access import OPEN, KeyPolicy
 from model_runtime.server.errors import APIError
 
+P = TypeVar("P")
 
-def _matches_any(presented: str, keys: frozenset[str]) -> bool:
+
+def _match(presented: str, keys: Mapping[str, P]) -> P | None:
     # Compare against every key, without stopping at a match, in constant time per key: how long a
     # check takes says nothing about which key, or how much of one, was right.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(presented.encode(), key.encode())
+    found = None
+    for key, policy in keys.items():
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = policy
     return found
 
 
@@ -34,8 +39,9 @@ def declare_api_key(
     """The /v1 routes' dependency: the bearer scheme in the document (the middleware checked the key)."""
 
 
-def check_bearer(header: str, keys: frozenset[str]) -> None:
-    """Raise a 401 unless the Authorization header value carries one of keys as a bearer token."""
+def check_bearer(header: str, keys: Mapping[str, P]) -> P:
+    """What keys hold for the bearer token of the Authorization header value (a key's policy); a 401
+    unless it is one of keys."""
     scheme, _, presented = header.partition(" ")
     if not header:
         raise APIError(
@@ -43,5 +49,13 @@ def check_bearer(header: str, keys: frozenset[str]) -> None:
             "You didn't provide an API key. Send it as a bearer token: 'Authorization: Bearer KEY'.",
             code="missing_api_key",
         )
-    if scheme.lower() != "bearer" or not _matches_any(presented.strip(), keys):
+    policy = _match(presented.strip(), keys) if scheme.lower() == "bearer" else None
+    if policy is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return policy
+
+
+def key_policy(request: Request) -> KeyPolicy:
+    """The policy of the key a request came with (the edge middleware found it)."""
+    policy: KeyPolicy = getattr(request.state, "key_policy", OPEN)
+    return policy

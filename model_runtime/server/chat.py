@@ -9,6 +9,7 @@ from jinja2 import TemplateError
 
 from model_runtime.config import Settings
 from model_runtime.scheduler.events import Event, TokenLogprobs
+from model_runtime.server.auth import key_policy
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import ChoiceResult, Envelope, TokenTexts, client_finish_reason
 from model_runtime.server.generation import (
@@ -147,7 +148,8 @@ class ChatFormatter:
 async def create_chat_completion(req: ChatCompletionRequest, request: Request) -> Any:
     runtime = request.app.state.runtime
     runtime.check_accepting()
-    served = runtime.model(req.model)
+    policy = key_policy(request)
+    served = runtime.model(req.model, policy)
     _unsupported(req)
     bias = check_common(req, runtime, served)
     check_messages(req, served, runtime.settings)
@@ -162,7 +164,9 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request) -
     params, writer = served.hook.plan(
         req, sampling_params(req, max_tokens, logprobs, bias), formatter, 1, runtime.settings.scheduler
     )
-    generation = Generation(served, [prompt], params, runtime.settings.scheduler.request_timeout_s)
+    generation = Generation(
+        served, [prompt], params, runtime.settings.scheduler.request_timeout_s, policy.priority
+    )
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
         generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk

@@ -7,6 +7,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 
 from model_runtime.scheduler.events import Event, TokenLogprobs
+from model_runtime.server.auth import key_policy
 from model_runtime.server.errors import bad_request
 from model_runtime.server.formatting import ChoiceResult, Envelope, TokenTexts, client_finish_reason
 from model_runtime.server.generation import (
@@ -120,7 +121,8 @@ class CompletionFormatter:
 async def create_completion(req: CompletionRequest, request: Request) -> Any:
     runtime = request.app.state.runtime
     runtime.check_accepting()
-    served = runtime.model(req.model)
+    policy = key_policy(request)
+    served = runtime.model(req.model, policy)
     if req.echo:
         raise bad_request("echo is not supported by this server", "echo")
     if req.suffix:
@@ -139,7 +141,7 @@ async def create_completion(req: CompletionRequest, request: Request) -> Any:
     params, writer = served.hook.plan(
         req, sampling_params(req, max_tokens, req.logprobs, bias), formatter, len(prompts), limits
     )
-    generation = Generation(served, prompts, params, limits.request_timeout_s)
+    generation = Generation(served, prompts, params, limits.request_timeout_s, policy.priority)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await respond(
         generation, writer, req.stream, include_usage, request, formatter.envelope.usage_chunk

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from model_runtime.access import DEFAULT_PRIORITY, Priority
 from model_runtime.config import Settings
 from model_runtime.scheduler.events import Event, Handle, RequestTimeout
 from model_runtime.scheduler.params import SamplingParams
@@ -143,6 +144,7 @@ class Generation:
         prompts: Sequence[list[int]],
         params: list[SamplingParams],
         request_timeout_s: float,
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> None:
         self.served = served
         self.prompt_tokens = sum(len(p) for p in prompts)
@@ -155,7 +157,7 @@ class Generation:
         try:
             for k, prompt in enumerate(prompts):
                 sink = _QueueSink(self._queue, k * len(params))
-                self._handles.append(served.scheduler.submit(prompt, params, sink))
+                self._handles.append(served.scheduler.submit(prompt, params, sink, priority))
         except Exception as exc:
             self.close()
             raise from_exception(exc) from exc

@@ -18,6 +18,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from model_runtime import __version__
+from model_runtime.access import PRIORITIES
 from model_runtime.scheduler.worker.parent import StepObserver
 
 # Token latencies on CPU span a millisecond (tiny model, one stream) to a second (big batch).
@@ -49,7 +50,10 @@ class RuntimeMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "model_runtime_queue_depth", "Sequences waiting for a batch slot", ["model"], registry=r
+            "model_runtime_queue_depth",
+            "Sequences waiting for a batch slot, by the priority class of their key",
+            ["model", "priority"],
+            registry=r,
         )
         self.batch_size = Gauge(
             "model_runtime_running_batch_size", "Sequences in the running batch", ["model"], registry=r
@@ -101,15 +105,16 @@ class ModelMetrics(StepObserver):
     """What the engine process's steps tell the metrics of one model (its label bound once)."""
 
     def __init__(self, metrics: RuntimeMetrics, model: str) -> None:
-        self._queue = metrics.queue_depth.labels(model=model)
+        self._queues = [metrics.queue_depth.labels(model=model, priority=p) for p in PRIORITIES]
         self._batch = metrics.batch_size.labels(model=model)
         self._ttft = metrics.ttft.labels(model=model)
         self._itl = metrics.itl.labels(model=model)
         self._prompt = metrics.prompt_tokens.labels(model=model)
         self._generated = metrics.generation_tokens.labels(model=model)
 
-    def observe_step(self, waiting: int, running: int) -> None:
-        self._queue.set(waiting)
+    def observe_step(self, waiting: tuple[int, ...], running: int) -> None:
+        for queue, depth in zip(self._queues, waiting, strict=True):
+            queue.set(depth)
         self._batch.set(running)
 
     def observe_first_token(self, seconds: float) -> None:

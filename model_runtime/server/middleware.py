@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model_runtime.access import OPEN, KeyPolicy
 from model_runtime.logs import request_id
 from model_runtime.server.auth import check_bearer
 from model_runtime.server.errors import APIError, path_not_found
@@ -53,24 +55,27 @@ class EdgeMiddleware:
         self.internal_port = internal_port
 
     def _refusal(self, scope: Scope, path: str, headers: dict[bytes, bytes]) -> APIError | None:
-        """What to answer without running the app, or None to run it."""
+        """What to answer without running the app, or None to run it (then the request's state holds the
+        policy of its key, `key_policy`: the open one where no key is asked for)."""
         server = scope.get("server")
         internal = self.internal_port is not None and server is not None and server[1] == self.internal_port
         if not served_on(path, internal):
             return path_not_found()
         runtime = self.runtime
-        keys = (
+        keys: Mapping[str, KeyPolicy] = (
             runtime.api_keys if path.startswith("/v1/")
             else runtime.admin_keys if path.startswith("/admin/")
-            else frozenset()
+            else {}
         )  # fmt: skip
         # No API keys: the operator chose server.allow_unauthenticated. No admin keys: /admin is off, and
         # routing answers 404.
+        policy = OPEN
         if keys:
             try:
-                check_bearer(headers.get(b"authorization", b"").decode("latin-1"), keys)
+                policy = check_bearer(headers.get(b"authorization", b"").decode("latin-1"), keys)
             except APIError as refused:
                 return refused
+        scope.setdefault("state", {})["key_policy"] = policy
         limit = runtime.settings.server.max_body_bytes
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limit:

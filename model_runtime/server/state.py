@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 from transformers import PreTrainedTokenizerBase
 
 from model_runtime import __version__
+from model_runtime.access import OPEN, KeyPolicy
 from model_runtime.config import ModelSettings, Settings
 from model_runtime.engine.base import EngineInfo
 from model_runtime.engine.loading import ModelFormat, detect_format, load_tokenizer
@@ -124,11 +125,14 @@ def _engine_launch(
 
 class RuntimeState:
     def __init__(
-        self, settings: Settings, api_keys: frozenset[str], admin_keys: frozenset[str] = frozenset()
+        self,
+        settings: Settings,
+        api_keys: Mapping[str, KeyPolicy],
+        admin_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.api_keys = api_keys
-        self.admin_keys = admin_keys
+        self.admin_keys = dict.fromkeys(admin_keys, OPEN)
         self.dispatch: Dispatch | None = None  # set on the event loop at start
         self.metrics = RuntimeMetrics()
         self.models: dict[str, ServedModel] = {}
@@ -185,8 +189,10 @@ class RuntimeState:
         with served.scheduler.preparing():
             return await asyncio.get_running_loop().run_in_executor(self._tokenizing, work, *args)
 
-    def model(self, name: str) -> ServedModel:
-        served = self.models.get(name)
+    def model(self, name: str, policy: KeyPolicy = OPEN) -> ServedModel:
+        """The served model of that name, if the key (its policy) may use it: a model it may not use
+        is answered as one that does not exist, so a key learns nothing of what it cannot use."""
+        served = self.models.get(name) if policy.may_use(name) else None
         if served is None:
             raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         return served

@@ -22,7 +22,6 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +34,7 @@ from vllm.sampling_params import SamplingParams as VllmSamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from model_runtime.access import PRIORITIES
 from model_runtime.engine.base import EngineInfo
 from model_runtime.logs import configure_logging
 from model_runtime.scheduler.events import (
@@ -45,6 +45,7 @@ from model_runtime.scheduler.events import (
     SchedulerClosed,
     retry_after,
 )
+from model_runtime.scheduler.line import WaitingLine
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.worker.messages import (
     Cancel,
@@ -84,7 +85,7 @@ class VllmLoop:
         self.settings = spec.scheduler
         self.events = events
         self.max_context = max_context
-        self.waiting: deque[_Choice] = deque()
+        self.waiting: WaitingLine[_Choice] = WaitingLine(spec.scheduler.priority_max_bypass)
         self.running: set[_Choice] = set()
         self.requests: dict[int, list[_Choice]] = {}
         self.pending: dict[int, list[Event]] = {}
@@ -97,10 +98,10 @@ class VllmLoop:
     # --- commands ------------------------------------------------------------------------------------------
     def command(self, message: ToEngine) -> None:
         if isinstance(message, Submit):
-            key, prompt, params = message
+            key, prompt, params, priority = message
             choices = [_Choice(key, i, prompt, p) for i, p in enumerate(params)]
             self.requests[key] = choices
-            self.waiting.extend(choices)
+            self.waiting.extend(choices, priority)
             self.admit()
         elif isinstance(message, Cancel):
             for choice in self.requests.pop(message.key, []):
@@ -109,8 +110,14 @@ class VllmLoop:
             self.stopping.set()
 
     def admit(self) -> None:
-        while self.waiting and len(self.running) < self.settings.max_batch_size:
-            choice = self.waiting.popleft()
+        """Into vLLM, up to the batch size, in the waiting line's order; the last interactive_slots
+        places are for interactive requests (vLLM's own queue then holds only what it can run)."""
+        settings = self.settings
+        while (taken := len(self.running)) < settings.max_batch_size:
+            classes = len(PRIORITIES) if taken < settings.max_batch_size - settings.interactive_slots else 1
+            if self.waiting.peek(classes) is None:
+                break
+            choice = self.waiting.pop(classes)
             self.running.add(choice)
             choice.task = asyncio.get_running_loop().create_task(self.generate(choice))
 
@@ -176,7 +183,7 @@ class VllmLoop:
         self.step_seconds = 0.9 * self.step_seconds + 0.1 * min(now - self.last_flush, 1.0)
         self.last_flush = now
         batch, self.pending = list(self.pending.items()), {}
-        self.events.send(Step(len(self.waiting), len(self.running), batch))
+        self.events.send(Step(self.waiting.depths(), len(self.running), batch))
 
     # --- time limits and the end ---------------------------------------------------------------------------
     async def watch(self) -> None:

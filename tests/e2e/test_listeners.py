@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from harness.server import API_KEY, RuntimeProcess
+from model_runtime.access import OPEN
 from model_runtime.config import Settings
 from model_runtime.server.app import create_app
 from model_runtime.server.state import RuntimeState, ServedModel
@@ -98,7 +99,7 @@ def test_readiness_carries_no_exception_text() -> None:
     def failing_loader(_model: object) -> ServedModel:
         raise RuntimeError(secret)
 
-    runtime = RuntimeState(Settings.model_validate({"model": {"path": "unused"}}), frozenset({API_KEY}))
+    runtime = RuntimeState(Settings.model_validate({"model": {"path": "unused"}}), {API_KEY: OPEN})
     fatal: list[str] = []
     with TestClient(create_app(runtime, failing_loader, on_fatal=fatal.append)) as client:
         deadline = time.monotonic() + 30

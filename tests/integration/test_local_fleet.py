@@ -9,6 +9,7 @@ the end."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -31,11 +32,15 @@ from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
 from harness.vllm_env import vllm_engine_settings
+from module_utils.haproxy_runtime import RuntimeAPI
 from tests.support.cloud_standin import CloudStandIn, make_group
 from tests.support.s3 import s3_server
 
 pytestmark = pytest.mark.integration
 
+# Keys with per-minute limits (the fleet's HAProxy counts them).
+QUOTA_KEY = "quota-key-0123456789abcdef"
+TOKENS_KEY = "tokens-key-0123456789abcdef"
 # Two replicas: the schedule scales 2 -> 1, the autoscaler 1 -> 2 -> 1, a release that fails on the
 # first leaves the other untouched. (Each replica more costs every roll below a model load under vLLM.)
 REPLICAS = 2
@@ -80,6 +85,12 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
         "loadbalancer_burst_ca_file": str(fleet.cloud.pki / "ca.pem"),
         "loadbalancer_burst_after_connections": OVERLOAD_SETTINGS["scheduler"]["max_batch_size"],
     })  # fmt: skip
+    # Keys with limits beside the demo key, in both forms an inventory may give them.
+    fleet.settings["model_runtime_api_keys"] = [
+        KEY,
+        {"key": QUOTA_KEY, "requests_per_minute": 3, "priority": "batch"},
+        f"{TOKENS_KEY} tokens_per_minute=160",
+    ]
     fleet.first = fleet.run("site.yml", env={"PYTHONPATH": str(decoy)})
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
@@ -106,6 +117,68 @@ def test_site_brings_up_the_fleet_behind_haproxy(fleet: LocalFleet) -> None:
         assert reply.headers["x-request-id"]  # set by HAProxy, echoed by the runtime
         assert completion.system_fingerprint == f"model-runtime-{fleet.old_runtime}:demo@{fleet.old_model}"
     assert fleet.server_states() == ALL_UP
+
+
+def within_one_minute_window(margin_s: float = 20) -> None:
+    """Tokens are counted over the clock's minute: start a check with margin_s of the minute still left."""
+    into = time.time() % 60
+    if into > 60 - margin_s:
+        time.sleep(60 - into + 0.5)
+
+
+def answered_by(fleet: LocalFleet, request_ids: set[str]) -> set[str]:
+    """The instances whose logs show these requests (each logs the id HAProxy gave the request)."""
+    logs = fleet.prefix / "var/log/model-runtime"
+    return {
+        instance
+        for instance in INSTANCES
+        if any(rid in (logs / f"{SERVICE}-{instance}.log").read_text() for rid in request_ids)
+    }
+
+
+def test_per_key_limits_hold_across_replicas_with_the_openai_headers_and_no_key_in_sight(
+    fleet: LocalFleet,
+) -> None:
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=key, max_retries=0, http_client=fleet.http())
+
+    def ask(key: str, max_tokens: int = 4) -> openai.APIResponse:
+        return client(key).completions.with_raw_response.create(
+            model="demo", prompt="This License", max_tokens=max_tokens, temperature=0
+        )
+
+    within_one_minute_window()
+    # Requests: 3 a minute, counted at HAProxy whichever replica serves them.
+    served = [ask(QUOTA_KEY) for _ in range(3)]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in served] == ["2", "1", "0"]
+    assert answered_by(fleet, {r.headers["x-request-id"] for r in served}) == set(INSTANCES)
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(QUOTA_KEY)
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+    assert refused.value.body["type"] == "requests"
+    headers = refused.value.response.headers
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(headers["retry-after"]) >= 1
+    assert ask(KEY).parse().choices[0].text is not None  # another key is served meanwhile
+    # Tokens: 160 a minute; each of these costs 100 (max_tokens) plus its body's bytes / 4.
+    first = ask(TOKENS_KEY, max_tokens=100)
+    left = int(first.headers["x-ratelimit-remaining-tokens"])
+    assert 0 < left < 60
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(TOKENS_KEY, max_tokens=100)
+    assert refused.value.body["type"] == "tokens"
+    assert refused.value.response.headers["x-ratelimit-remaining-tokens"] == str(left)
+    assert ask(TOKENS_KEY, max_tokens=8).headers["x-ratelimit-remaining-tokens"]  # what still fits passes
+    # HAProxy knows the keys by their SHA-256 only: not in its counters, its log, or the run's output.
+    api = RuntimeAPI(str(fleet.prefix / "run/haproxy/admin.sock"), "quotas")
+    table = api.ask("show table quotas")
+    assert hashlib.sha256(QUOTA_KEY.encode()).hexdigest() in table
+    haproxy_log = (fleet.prefix / "var/log/model-runtime/haproxy.log").read_text()
+    for key in (KEY, QUOTA_KEY, TOKENS_KEY):
+        assert key not in table
+        assert key not in haproxy_log
+        assert key not in fleet.first.output
 
 
 def test_admin_and_metrics_are_not_reachable_through_haproxy(fleet: LocalFleet) -> None:

@@ -37,7 +37,7 @@ def exposition(observations: list[float], queued: int = 0, running: int = 0) -> 
     metrics = RuntimeMetrics()
     for seconds in observations:
         metrics.ttft.labels(model="demo").observe(seconds)
-    metrics.queue_depth.labels(model="demo").set(queued)
+    metrics.queue_depth.labels(model="demo", priority="batch").set(queued)
     metrics.batch_size.labels(model="demo").set(running)
     return generate_latest(metrics.registry).decode()
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from harness.playbooks import role_defaults
+from model_runtime.access import OPEN, KeyPolicy
 from model_runtime.config import API_KEYS_ENV, ConfigError, ServerSettings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -88,10 +90,43 @@ def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, named: str) -
 
 
 def test_api_keys_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = write(tmp_path / "keys", "# operators\nkey-one\n\nkey-two  # rotated 2026-11\n")
+    keys = write(
+        tmp_path / "keys",
+        "# operators\nkey-one\n\nkey-two  # rotated 2026-11\n"
+        "key-four priority=batch models=demo,demo-int8 requests_per_minute=60 tokens_per_minute=9000\n",
+    )
     monkeypatch.setenv(API_KEYS_ENV, "key-three, ")
     settings = load_settings(None, {"model": {"path": "/m"}, "server": {"api_keys_file": keys}}, environ={})
-    assert settings.api_keys() == {"key-one", "key-two", "key-three"}
+    assert settings.api_keys() == {
+        "key-one": OPEN,
+        "key-two": OPEN,
+        "key-three": OPEN,
+        "key-four": KeyPolicy("batch", frozenset({"demo", "demo-int8"}), 60, 9000),
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (
+            "sk-secret-1 priority=urgent",
+            "line 2: priority 'urgent' is not one of interactive, standard, batch",
+        ),
+        ("sk-secret-1 colour=blue", "line 2: unknown setting 'colour'"),
+        ("sk-secret-1 models=", "line 2: models must be model names"),
+        ("sk-secret-1 models=../x", "line 2: models must be model names"),
+        ("sk-secret-1 requests_per_minute=-1", "line 2: requests_per_minute must be a whole number above 0"),
+        ("sk-secret-1 priority=batch priority=batch", "line 2: priority is given twice"),
+        ("priority=batch sk-secret-1", "line 2: the line must start with the key"),
+        ("sk-secret-0", "line 2: this key is already given on an earlier line"),
+    ],
+)
+def test_a_bad_key_line_is_named_by_its_number_never_its_key(tmp_path: Path, line: str, says: str) -> None:
+    keys = write(tmp_path / "keys", f"sk-secret-0\n{line}\n")
+    settings = load_settings(None, {"model": {"path": "/m"}, "server": {"api_keys_file": keys}}, environ={})
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
+        settings.api_keys()
+    assert "sk-secret" not in str(refused.value)
 
 
 def test_no_key_is_refused_unless_explicitly_unauthenticated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +137,7 @@ def test_no_key_is_refused_unless_explicitly_unauthenticated(monkeypatch: pytest
     open_settings = load_settings(
         None, {"model": {"path": "/m"}, "server": {"allow_unauthenticated": True}}, {}
     )
-    assert open_settings.api_keys() == frozenset()
+    assert open_settings.api_keys() == {}
 
 
 def test_the_internal_listener_takes_loopback_and_private_addresses() -> None:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from model_runtime.access import OPEN
 from model_runtime.config import Settings
 from model_runtime.server.app import create_app
 from model_runtime.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -31,7 +32,7 @@ def _never_loaded(_model: object) -> ServedModel:
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    runtime = RuntimeState(Settings.model_validate({"model": {"path": "unused"}}), frozenset({KEY}))
+    runtime = RuntimeState(Settings.model_validate({"model": {"path": "unused"}}), {KEY: OPEN})
     runtime.set_phase("ready")  # with an empty model table: a valid body is a 404 for its model
     app = create_app(runtime, _never_loaded, on_fatal=lambda reason: None)
     # raise_server_exceptions: an unhandled exception fails the property instead of becoming a 500.

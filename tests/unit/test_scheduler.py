@@ -93,7 +93,7 @@ def test_short_request_joins_and_leaves_while_a_long_one_runs(scheduler: Schedul
     assert quick.final.tokens == 5
     assert slow.final.finish_reason == "length"
     assert slow.final.tokens == 400
-    assert (0, 2) in scheduler.loads  # they shared decode steps
+    assert ((0, 0, 0), 2) in scheduler.loads  # they shared decode steps
     assert scheduler.engine.cache.rows == 0
 
 
@@ -128,6 +128,66 @@ def test_full_queue_refuses_and_retry_after_is_given(tiny_llama: Path) -> None:
         running.wait()
         waiting.wait()
         assert waiting.final.finish_reason == "length"
+    finally:
+        s.stop()
+
+
+class OrderedSink(RecordingSink):
+    """Notes its name in `admitted` on its first event: with one batch slot, the order of admission."""
+
+    def __init__(self, name: str, admitted: list[str]) -> None:
+        super().__init__()
+        self.name, self.admitted = name, admitted
+
+    def deliver(self, events: list[Event]) -> None:
+        if not self.started.is_set():
+            self.admitted.append(self.name)
+        super().deliver(events)
+
+
+@pytest.mark.parametrize(
+    ("max_bypass", "order"),
+    [
+        (8, ["i1", "i2", "b1", "b2", "b3"]),  # interactive ahead of the batch requests waiting before it
+        (1, ["i1", "b1", "b2", "b3", "i2"]),  # each batch request passed by at most one later arrival
+    ],
+)
+def test_interactive_requests_are_admitted_ahead_of_waiting_batch_requests(
+    tiny_llama: Path, max_bypass: int, order: list[str]
+) -> None:
+    s = make(tiny_llama, max_batch_size=1, max_queue=8, priority_max_bypass=max_bypass)
+    try:
+        admitted: list[str] = []
+        blocker = OrderedSink("blocker", admitted)
+        handle = s.submit([5], [long(450)], blocker, "batch")
+        assert blocker.started.wait(30)
+        sinks = [OrderedSink(f"b{n}", admitted) for n in (1, 2, 3)]
+        for sink in sinks:
+            s.submit([6, 7], [long(4)], sink, "batch")
+        sinks += [OrderedSink(f"i{n}", admitted) for n in (1, 2)]
+        for sink in sinks[3:]:
+            s.submit([8, 9], [long(4)], sink, "interactive")
+        assert s.load == ((2, 0, 3), 1)
+        s.cancel(handle)  # the one slot frees with everyone waiting
+        for sink in sinks:
+            assert sink.wait().final.finish_reason == "length"  # batch requests still complete
+        assert admitted == ["blocker", *order]
+    finally:
+        s.stop()
+
+
+def test_interactive_slots_are_kept_from_the_other_classes(tiny_llama: Path) -> None:
+    s = make(tiny_llama, max_batch_size=2, max_queue=8, interactive_slots=1)
+    try:
+        running, waiting, interactive = RecordingSink(), RecordingSink(), RecordingSink()
+        s.submit([5], [long(450)], running, "standard")
+        assert running.started.wait(30)
+        s.submit([6], [long(4)], waiting, "batch")
+        s.submit([7], [long(4)], interactive, "interactive")
+        interactive.wait()  # took the kept slot at once
+        assert not waiting.started.is_set(), "a batch request took the slot kept for interactive ones"
+        running.wait()
+        waiting.wait()
     finally:
         s.stop()
 

@@ -126,9 +126,9 @@ class _EngineLoop:
         self.outbox.send(Stopped())
 
     def submit(self, message: Submit) -> None:
-        key, prompt, params = message
+        key, prompt, params, priority = message
         try:
-            self.handles[key] = self.scheduler.submit(prompt, params, _KeySink(key, len(params)))
+            self.handles[key] = self.scheduler.submit(prompt, params, _KeySink(key, len(params)), priority)
         except SchedulerError as exc:
             refused = [Event(i, "", 0, error=exc) for i in range(len(params))]
             self.outbox.send(Step(*self.scheduler.load, [(key, refused)]))

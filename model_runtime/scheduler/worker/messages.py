@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from model_runtime.access import Priority
 from model_runtime.config import LoggingSettings, ModelSettings, RegistrySettings, SchedulerSettings
 from model_runtime.engine.base import EngineInfo
 from model_runtime.scheduler.events import Event
@@ -38,6 +39,7 @@ class Submit(NamedTuple):
     key: int  # the HTTP process's name for the request, in every Step and in Cancel
     prompt: list[int]
     params: list[SamplingParams]  # one per choice
+    priority: Priority  # the class of the request's key: which waiting line it joins
 
 
 class Cancel(NamedTuple):
@@ -61,7 +63,7 @@ class Failed(NamedTuple):
 
 
 class Step(NamedTuple):
-    waiting: int
+    waiting: tuple[int, ...]  # in each priority class (PRIORITIES' order)
     running: int
     events: list[tuple[int, list[Event]]]  # (request key, its events in this step)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Protocol
 
+from model_runtime.access import DEFAULT_PRIORITY, PRIORITIES, Priority
 from model_runtime.config import SchedulerSettings
 from model_runtime.engine.base import EngineInfo, ModelLoadError
 from model_runtime.scheduler.events import (
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 class StepObserver:
     """Metrics that the HTTP process takes from each step (see server.metrics.ModelMetrics)."""
 
-    def observe_step(self, waiting: int, running: int) -> None: ...
+    def observe_step(self, waiting: tuple[int, ...], running: int) -> None: ...
     def observe_first_token(self, seconds: float) -> None: ...
     def observe_inter_token(self, seconds: float) -> None: ...
     def count_tokens(self, prompt: int, generated: int) -> None: ...
@@ -114,7 +115,7 @@ class EngineProcess:
         self._lock = threading.Lock()
         self._outstanding = 0  # sequences submitted and not finished: the queue bound's measure
         self._preparing = 0  # requests being prepared for this engine (tokenizing), not yet submitted
-        self._load = (0, 0)
+        self._load: tuple[tuple[int, ...], int] = ((0,) * len(PRIORITIES), 0)
         self._step_seconds = 0.05
         # The last step, or the moment work arrived at an idle engine: what a stall is measured from.
         self._last_step = time.monotonic()
@@ -158,7 +159,13 @@ class EngineProcess:
         return self.info
 
     # --- the Scheduler surface ---------------------------------------------------------------------------
-    def submit(self, prompt: Sequence[int], params: Sequence[SamplingParams], sink: Sink) -> Handle:
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: Sequence[SamplingParams],
+        sink: Sink,
+        priority: Priority = DEFAULT_PRIORITY,
+    ) -> Handle:
         settings = self.settings
         with self._lock:
             if self._stopped.is_set():
@@ -174,7 +181,7 @@ class EngineProcess:
                 self._last_step = time.monotonic()
             self._outstanding += len(params)
         self.observer.count_tokens(len(prompt), 0)
-        self._send(Submit(key, list(prompt), list(params)))
+        self._send(Submit(key, list(prompt), list(params), priority))
         return Handle((key,))
 
     def cancel(self, handle: Handle) -> None:
@@ -192,7 +199,7 @@ class EngineProcess:
         return retry_after(self._step_seconds)
 
     @property
-    def load(self) -> tuple[int, int]:
+    def load(self) -> tuple[tuple[int, ...], int]:
         return self._load
 
     @property
