@@ -49,7 +49,8 @@ def test_interactive_only_leaves_the_other_classes_waiting() -> None:
     line.extend(["i1"], "interactive")
     assert line.pop(classes=1) == "i1"  # b1 is older and due, but only interactive may take this slot
     line.remove("b1")
-    assert not line and line.peek() is None
+    assert not line
+    assert line.peek() is None
     with pytest.raises(IndexError):
         line.pop()
 
