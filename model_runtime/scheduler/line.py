@@ -2,9 +2,10 @@
 
 The next to go is the oldest of the highest class that has someone waiting, with one exception that
 bounds a lower class's wait: a sequence that `max_bypass` sequences of higher classes, arriving after it,
-have passed goes next. So a sequence waits for those that were there before it (of its class or higher)
-and for at most max_bypass later ones; a lower class is slowed under load, never starved. Both engines'
-admission loops (the builtin scheduler and the vLLM process's) take their sequences from here.
+have passed goes next (after any older one of the highest class). So a sequence waits for those that
+were there before it and for at most max_bypass later ones; a lower class is slowed under load, never
+starved. Both engines' admission loops (the builtin scheduler and the vLLM process's) take their
+sequences from here.
 """
 
 from __future__ import annotations

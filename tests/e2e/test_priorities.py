@@ -20,8 +20,8 @@ pytestmark = pytest.mark.e2e
 
 INTERACTIVE_KEY = "interactive-key-0123456789"
 BATCH_KEY = "batch-key-0123456789"
-ENDLESS = {"ignore_eos": True}  # every request runs to its max_tokens
 ELSEWHERE_KEY = "elsewhere-key-0123456789"  # may use a model this server does not serve
+ENDLESS = {"ignore_eos": True}  # every request runs to its max_tokens
 
 
 @pytest.fixture(scope="module", params=ENGINES)
