@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_runtime.access import DEFAULT_PRIORITY, PRIORITIES, Priority
+from model_runtime.access import DEFAULT_PRIORITY, Priority
 from model_runtime.config import SchedulerSettings
 from model_runtime.engine.base import Engine, RoutableEngine
 from model_runtime.scheduler.events import (
@@ -35,7 +35,7 @@ from model_runtime.scheduler.events import (
     deliver_here,
     retry_after,
 )
-from model_runtime.scheduler.line import WaitingLine
+from model_runtime.scheduler.line import WaitingLine, classes_open
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.sampling import LogitBias, SampleRow, make_bias, make_generator, sample
 from model_runtime.scheduler.text import IncrementalText
@@ -200,7 +200,7 @@ class Scheduler:
         tokens = 0
         settings = self.settings
         while (taken := len(self._running) + len(admitted)) < settings.max_batch_size:
-            classes = len(PRIORITIES) if taken < settings.max_batch_size - settings.interactive_slots else 1
+            classes = classes_open(taken, settings)
             seq = self._waiting.peek(classes)
             if seq is None or (admitted and tokens + len(seq.prompt) > settings.max_prefill_tokens):
                 break

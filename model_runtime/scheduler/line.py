@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from model_runtime.access import PRIORITIES, Priority
+from model_runtime.config import SchedulerSettings
 
 T = TypeVar("T")
+
+
+def classes_open(taken: int, settings: SchedulerSettings) -> int:
+    """How many classes (of PRIORITIES, from the first) may take the next batch slot while `taken` are
+    held: every class, or interactive alone once only the slots kept for it are left
+    (scheduler.interactive_slots)."""
+    return len(PRIORITIES) if taken < settings.max_batch_size - settings.interactive_slots else 1
 
 
 @dataclass(eq=False)

@@ -34,7 +34,6 @@ from vllm.sampling_params import SamplingParams as VllmSamplingParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from model_runtime.access import PRIORITIES
 from model_runtime.engine.base import EngineInfo
 from model_runtime.logs import configure_logging
 from model_runtime.scheduler.events import (
@@ -45,7 +44,7 @@ from model_runtime.scheduler.events import (
     SchedulerClosed,
     retry_after,
 )
-from model_runtime.scheduler.line import WaitingLine
+from model_runtime.scheduler.line import WaitingLine, classes_open
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.worker.messages import (
     Cancel,
@@ -114,7 +113,7 @@ class VllmLoop:
         places are for interactive requests (vLLM's own queue then holds only what it can run)."""
         settings = self.settings
         while (taken := len(self.running)) < settings.max_batch_size:
-            classes = len(PRIORITIES) if taken < settings.max_batch_size - settings.interactive_slots else 1
+            classes = classes_open(taken, settings)
             if self.waiting.peek(classes) is None:
                 break
             choice = self.waiting.pop(classes)
