@@ -55,7 +55,7 @@ wheelhouse: $(BIN)/.pip
 	$(BIN)/python scripts/wheelhouse.py
 
 demo-model: $(BIN)/.installed-demo
-	$(BIN)/model-runtime demo-model .cache/demo-model --if-missing
+	$(BIN)/model-runtime demo-model .cache/demo-model --if-missing --int8 .cache/demo-int8-model
 
 .cache/demo-api-key:
 	mkdir -p .cache

@@ -91,13 +91,13 @@ class Fleet:
         )
 
     def pools(self) -> dict[str, dict[str, dict]]:
-        """Each load balancer's view of its own backend: server -> {status, sessions}."""
+        """Each load balancer's view of its models' backends: server -> {status, sessions}."""
         client = shlex.quote(HAPROXY_CLIENT.read_text())
         views = {}
         for balancer in self.group("loadbalancers"):
             socket = balancer.vars["loadbalancer_admin_socket"]
-            backend = balancer.vars["loadbalancer_backend_name"]
-            command = f"python3 -c {client} {shlex.quote(socket)} {shlex.quote(backend)}"
+            prefix = balancer.vars["loadbalancer_backend_name"]  # of each model's backend
+            command = f"python3 -c {client} {shlex.quote(socket)} {shlex.quote(prefix)}"
             views[balancer.name] = json.loads(self.run(balancer, command))
         return views
 
@@ -107,9 +107,13 @@ class Fleet:
 
 
 def _desired(fleet: Fleet) -> dict:
-    servers = fleet.group("gpu_servers")
-    first = servers[0].vars if servers else {}
-    return {"runtime_version": first.get("model_runtime_version"), "model": first.get("model_artifacts_name")}
+    """Model -> what the inventory wants of it (its runtime and its name; the model version is known to
+    deploy and upgrade runs only)."""
+    return {
+        entry["name"]: {"runtime_version": server.vars.get("model_runtime_version"), "model": entry["name"]}
+        for server in fleet.group("gpu_servers")
+        for entry in server.models()
+    }
 
 
 @task(help={"inventory": "Ansible inventory", "json": "print JSON instead of the table"})

@@ -39,7 +39,7 @@ from harness.models import ensure_demo_model  # isort: split
 from transformers import AutoTokenizer
 
 from bench.serving import long_prompt
-from harness.fleet import LocalFleet
+from harness.fleet import DEMO_ONLY, LocalFleet
 from harness.load import Load, Outcome, completions, percentile
 from harness.server import API_KEY, RuntimeProcess, metric_value
 
@@ -131,7 +131,11 @@ def wait(check: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> f
 
 def ramp_part(model: Path, root: Path) -> None:
     fleet = LocalFleet(
-        root, model, instances=2, runtime_settings={"scheduler": {"max_batch_size": SLOTS, "max_queue": 4}}
+        root,
+        model,
+        instances=2,
+        runtime_settings={"scheduler": {"max_batch_size": SLOTS, "max_queue": 4}},
+        models=DEMO_ONLY,
     )
     try:
         for name, extra in (("site.yml", None), ("scale.yml", {"replicas": 1})):

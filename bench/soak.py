@@ -22,7 +22,7 @@ import tempfile
 # Ansible (imported by harness.fleet through fleet_ops.inventory) has patched sys.intern.
 from harness.models import ensure_demo_model  # isort: split
 
-from harness.fleet import KEY, LocalFleet
+from harness.fleet import DEMO_ONLY, KEY, LocalFleet
 from harness.soak import OVERLOAD_SETTINGS, report, soak
 
 
@@ -34,7 +34,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as root:
         fleet = LocalFleet(
-            Path(root), ensure_demo_model(), instances=args.replicas, runtime_settings=OVERLOAD_SETTINGS
+            Path(root),
+            ensure_demo_model(),
+            instances=args.replicas,
+            runtime_settings=OVERLOAD_SETTINGS,
+            models=DEMO_ONLY,
         )
         try:
             up = fleet.run("site.yml")

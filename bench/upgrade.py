@@ -28,7 +28,7 @@ import time
 from harness.models import ensure_demo_model  # isort: split
 
 from fleet_ops.cycle import STEPS, parse_cycles
-from harness.fleet import LocalFleet
+from harness.fleet import DEMO_ONLY, LocalFleet
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-upgrade-") as root:
-        fleet = LocalFleet(Path(root), ensure_demo_model(), instances=args.replicas)
+        fleet = LocalFleet(Path(root), ensure_demo_model(), instances=args.replicas, models=DEMO_ONLY)
         try:
             up = fleet.run("site.yml")
             if up.returncode != 0:

@@ -6,7 +6,8 @@ runtime's own (model_runtime/access.py). Every problem names the entry by its pl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 
 from model_runtime.access import LIMITS, SETTINGS, KeyFileError, KeyPolicy, parse_key_line, policy_of
 
@@ -90,6 +91,22 @@ def api_key_quotas(entries: object) -> list[str]:
     return lines
 
 
+def model_list(models: Sequence[str]) -> str:
+    """The body of GET /v1/models listing these models, compact (one line of a map file). The load
+    balancer knows the models' names only: an instance's own list adds its version and context length."""
+    cards = [{"id": name, "object": "model", "created": 0, "owned_by": "model-runtime"} for name in models]
+    return json.dumps({"object": "list", "data": cards}, separators=(",", ":"))
+
+
+def api_key_model_lists(entries: object, served: Sequence[str]) -> list[str]:
+    """HAProxy's map of what each key sees: `KEY_ID BODY`, where BODY is GET /v1/models's answer with the
+    served models the key may use. A key in it is a key the fleet knows."""
+    return [
+        f"{key_id(key)} {model_list([m for m in served if policy.may_use(m)])}"
+        for key, policy in _policies(entries)
+    ]
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
@@ -97,4 +114,6 @@ class FilterModule:
             "api_key_lines": api_key_lines,
             "api_key_for": api_key_for,
             "api_key_quotas": api_key_quotas,
+            "api_key_model_lists": api_key_model_lists,
+            "model_list": model_list,
         }

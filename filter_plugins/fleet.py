@@ -1,5 +1,6 @@
-"""Jinja filters for the fleet playbooks: the status table `fab status` prints too, and the timed
-line of an instance's rolling cycle that bench/upgrade.py reads back."""
+"""Jinja filters for the fleet playbooks: the status table `fab status` prints too, the timed line of
+an instance's rolling cycle that bench/upgrade.py reads back, and the name of a model's backend at the
+load balancers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet_ops.cycle import cycle_line
 from fleet_ops.status import render
+from module_utils.haproxy_runtime import model_backend
 
 
 class FilterModule:
     def filters(self) -> dict:
-        return {"fleet_table": render, "cycle_line": cycle_line}
+        return {"fleet_table": render, "cycle_line": cycle_line, "model_backend": model_backend}

@@ -20,6 +20,8 @@ from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 from ansible.vars.manager import VariableManager
 
+from filter_plugins.models import instance_models, model_entries, models_for_host
+
 # fleet_ops runs from the repository checkout (it is not in the runtime wheel), so the roles sit beside it.
 ROLES = Path(__file__).resolve().parents[1] / "roles"
 ROLE_DEFAULTS = ("model_runtime", "model_artifacts", "loadbalancer", "supervisord")
@@ -44,8 +46,13 @@ class FleetHost:
         match = re.search(r"UserKnownHostsFile=(\S+)", str(self.vars.get("ansible_ssh_common_args", "")))
         return match.group(1) if match else None
 
+    def models(self) -> list[dict]:
+        """The model entries this host runs (model_runtime_models, completed as the role completes them)."""
+        entries = model_entries(self.vars.get("model_runtime_models") or [{}], self.vars)
+        return models_for_host(entries, self.name, sorted(self.groups))
+
     def instances(self) -> list[int]:
-        return list(range(1, int(self.vars.get("model_runtime_instances", 1)) + 1))
+        return [int(i) for i in instance_models(self.models())]
 
     def port(self, instance: int) -> int:
         return int(self.vars["model_runtime_base_port"]) + instance - 1

@@ -1,7 +1,7 @@
 """The fleet status table: what each instance runs, from the hosts' release records, marked where it
-differs from the release the inventory wants. Rendered the same for `playbooks/status.yml` (through
-the filter plugin in filter_plugins/) and for `fab status`, which adds what the load balancers say of
-each instance (read with module_utils/haproxy_runtime.py, the runtime API client)."""
+differs from the release the inventory wants for its model. Rendered the same for `playbooks/status.yml`
+(through the filter plugin in filter_plugins/) and for `fab status`, which adds what the load balancers
+say of each instance (read with module_utils/haproxy_runtime.py, the runtime API client)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ RELEASE = {
     "tensor_parallel_size": 1,
     "pipeline_parallel_size": 1,
 }
-# Each load balancer's view of its backend: balancer -> server -> {"status": "UP", "sessions": 0}.
+# Each load balancer's view of its backends: balancer -> server -> {"status": "UP", "sessions": 0}.
 Pools = Mapping[str, Mapping[str, Mapping[str, Any]]]
+# Model -> the release the inventory wants for it.
+Desired = Mapping[str, Mapping[str, Any]]
 
 
 def pool_status(server: str, pools: Pools) -> str:
@@ -32,13 +34,17 @@ def pool_status(server: str, pools: Pools) -> str:
     return ", ".join(f"{balancer} {status}" for balancer, status in sorted(seen.items())) or "-"
 
 
-def differs(entry: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether an instance's recorded release is not the wanted one (the playbooks' parts are text or
-    numbers alike: compared as text)."""
+def differs(entry: Mapping[str, Any], desired: Desired) -> bool:
+    """Whether an instance's recorded release is not the one wanted for its model (the playbooks' parts
+    are text or numbers alike: compared as text); an instance of a model the inventory no longer
+    lists differs."""
+    wanted = desired.get(str(entry.get("model")))
+    if wanted is None:
+        return True
     return any(
-        str(desired[key]) != str(entry.get(key, assumed))
+        str(wanted[key]) != str(entry.get(key, assumed))
         for key, assumed in RELEASE.items()
-        if desired.get(key) not in (None, "")
+        if wanted.get(key) not in (None, "")
     )
 
 
@@ -53,7 +59,7 @@ def engine(release: Mapping[str, Any]) -> str:
 
 
 def rows(
-    records: Mapping[str, Mapping[str, Any]], desired: Mapping[str, Any], pools: Pools | None = None
+    records: Mapping[str, Mapping[str, Any]], desired: Desired, pools: Pools | None = None
 ) -> list[dict[str, Any]]:
     """One row per instance: records maps host -> release record (or {} when the host has none); with
     the load balancers' pools, each row says what they make of the instance ("balancers")."""
@@ -75,7 +81,7 @@ def rows(
 
 def render(
     records: Mapping[str, Mapping[str, Any]],
-    desired: Mapping[str, Any],
+    desired: Desired,
     as_json: bool = False,
     pools: Pools | None = None,
 ) -> str:
@@ -101,8 +107,11 @@ def render(
     widths = [max(len(str(c)) for c in column) for column in zip(columns, *lines, strict=False)]
     out = ["  ".join(h.upper().ljust(w) for h, w in zip(columns, widths, strict=True)).rstrip()]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    runtime, model = desired.get("runtime_version") or "-", desired.get("model") or "-"
-    wanted = f"{runtime} ({engine(desired)}) serving {model}@{desired.get('model_version') or 'any'}"
+    wanted = "; ".join(
+        f"{release.get('runtime_version') or '-'} ({engine(release)}) serving "
+        f"{model}@{release.get('model_version') or 'any'}"
+        for model, release in sorted(desired.items())
+    )
     differing = sum(1 for row in table if row["differs"])
     out.append(f"desired: {wanted}; {differing} of {len(table)} instances differ")
     return "\n".join(out)

@@ -4,6 +4,7 @@ and bench/soak.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from filter_plugins.models import instance_models, model_entries
 from fleet_ops.inventory import FleetHost, load_fleet
 from fleet_ops.prometheus import Prometheus
 from harness import REPO
@@ -23,10 +25,13 @@ from harness.load import Load, completions
 from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse
 from harness.server import free_port
 from model_runtime.readiness import answer, ready_url
-from module_utils.haproxy_runtime import server_rows
+from module_utils.haproxy_runtime import model_server_rows
 
 LOCAL = REPO / "inventories" / "local"
 KEY = "local-fleet-test-key"
+# The local inventory serves two models (demo, and its int8 copy demo-int8); a fleet of the demo model
+# alone, as most tests and benchmarks want, says so with this.
+DEMO_ONLY = [{"name": "demo"}]
 # What HAProxy says of the last health check of a server (columns of its stats CSV).
 CHECK_COLUMNS = ("check_status", "check_code", "last_chk")
 # During playbook runs each load client waits this long between two requests (about 10 requests a
@@ -58,7 +63,9 @@ def running_under(prefix: Path) -> list[str]:
     return [line for line in listing.splitlines() if str(prefix) in line and " Z" not in line]
 
 
-def model_copy(source: Path, target: Path, version: str, break_weights: bool = False) -> Path:
+def model_copy(
+    source: Path, target: Path, version: str, break_weights: bool = False, name: str = "demo"
+) -> Path:
     """The demo model as another version (optionally with weights that cannot load, yet a consistent
     manifest: the kind of release that installs fine and never becomes ready)."""
     shutil.copytree(source, target)
@@ -67,7 +74,7 @@ def model_copy(source: Path, target: Path, version: str, break_weights: bool = F
         weights = target / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
     subprocess.run(
-        [sys.executable, "-m", "model_runtime", "manifest", str(target), "--name", "demo",
+        [sys.executable, "-m", "model_runtime", "manifest", str(target), "--name", name,
          "--version", version],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -76,23 +83,30 @@ def model_copy(source: Path, target: Path, version: str, break_weights: bool = F
 
 @dataclass
 class LocalFleet:
-    """A fleet of `instances` replicas behind HAProxy on this machine, everything under root."""
+    """A fleet behind HAProxy on this machine, everything under root: `instances` replicas of each model
+    whose entry does not say how many (models: model_runtime_models; None: the inventory's own)."""
 
     root: Path
     demo_model: Path
     instances: int = 3
     runtime_settings: dict | None = None  # model_runtime_settings (the runtime's own settings)
+    models: list[dict] | None = None
 
     def __post_init__(self) -> None:
         wheelhouse = ensure_wheelhouse()
         self.prefix = self.root / "fs"
         newer, self.new_runtime = release_wheelhouse(self.root / "wheelhouse-next", "next")
-        ports = consecutive_free_ports(2 * self.instances)  # the API ports, then the internal listeners'
+        listed = self.models if self.models is not None else self.inventory_host.vars["model_runtime_models"]
+        single = {"model_runtime_instances": self.instances, "model_runtime_model_name": "demo"}
+        # Instance number (text) -> its model, as the roles number them.
+        self.instance_models = instance_models(model_entries(listed, single))
+        total = len(self.instance_models)
+        ports = consecutive_free_ports(2 * total)  # the API ports, then the internal listeners'
         self.settings = {
             "fleet_prefix": str(self.prefix),
             "model_runtime_instances": self.instances,
             "model_runtime_base_port": ports,
-            "model_runtime_metrics_base_port": ports + self.instances,
+            "model_runtime_metrics_base_port": ports + total,
             "loadbalancer_port": free_port(),
             "loadbalancer_stats_port": free_port(),
             "monitoring_prometheus_port": free_port(),
@@ -107,6 +121,8 @@ class LocalFleet:
         }
         if self.runtime_settings:
             self.settings["model_runtime_settings"] = self.runtime_settings
+        if self.models is not None:
+            self.settings["model_runtime_models"] = self.models
         self.old_runtime = (wheelhouse / "RUNTIME_VERSION").read_text().strip()
         self.old_model = json.loads((self.demo_model / "manifest.json").read_text())["version"]
 
@@ -116,8 +132,9 @@ class LocalFleet:
         the roles give things: its instances' services, the balancer's backend."""
         return load_fleet(LOCAL)["localhost"]
 
-    def model_version(self, version: str, break_weights: bool = False) -> Path:
-        return model_copy(self.demo_model, self.root / f"demo-{version}", version, break_weights)
+    def model_version(self, version: str, break_weights: bool = False, name: str = "demo") -> Path:
+        """A copy of the demo model as `version` of the model `name`."""
+        return model_copy(self.demo_model, self.root / f"{name}-{version}", version, break_weights, name)
 
     def run(
         self, name: str, extra: dict | None = None, *args: str, env: dict[str, str] | None = None
@@ -136,18 +153,32 @@ class LocalFleet:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self.tls())
 
-    def load(self, clients: int = 4, pause_s: float = 0.0) -> Load:
-        """Completions through HAProxy, plain and streamed in turn, until stopped (a context manager)."""
-        return Load(self.url, completions("demo"), clients, KEY, self.tls(), pause_s)
+    def load(self, clients: int = 4, pause_s: float = 0.0, model: str = "demo") -> Load:
+        """Completions of model through HAProxy, plain and streamed in turn, until stopped (a context
+        manager)."""
+        return Load(self.url, completions(model), clients, KEY, self.tls(), pause_s)
 
     def replica_pids(self) -> dict[str, int]:
         """Each instance's server process (supervisord's program), by instance name."""
         pids = {}
-        for i in range(1, self.instances + 1):
+        for i in range(1, len(self.instance_models) + 1):
             pid = self.supervisorctl("pid", self.inventory_host.service(i))
             if pid.isdigit() and pid != "0":
                 pids[f"localhost-{i}"] = int(pid)
         return pids
+
+    def answered_by(self, request_ids: set[str]) -> set[str]:
+        """The instances (numbers, as text) whose logs show these requests (each logs the id HAProxy
+        gave the request)."""
+        logs = self.prefix / "var/log/model-runtime"
+        return {
+            i
+            for i in self.instance_models
+            if any(
+                rid in (logs / f"{self.inventory_host.service(int(i))}.log").read_text()
+                for rid in request_ids
+            )
+        }
 
     @property
     def prometheus(self) -> Prometheus:
@@ -180,10 +211,25 @@ class LocalFleet:
 
     def run_under_load(self, name: str, extra: dict | None = None) -> tuple[PlaybookRun, Load]:
         """A playbook run with constant client load through HAProxy before, during and after it."""
-        with self.load(pause_s=LOAD_PAUSE_S) as traffic:
-            traffic.wait_for(20)
+        run, loads = self.run_under_loads(name, extra, ["demo"])
+        return run, loads["demo"]
+
+    def run_under_loads(
+        self, name: str, extra: dict | None, models: list[str]
+    ) -> tuple[PlaybookRun, dict[str, Load]]:
+        """A playbook run with constant client load of each model through HAProxy before, during and
+        after it (each model's clients wait longer between requests, so that the total stays that of
+        one model's)."""
+        with contextlib.ExitStack() as loads:
+            traffic = {
+                model: loads.enter_context(self.load(pause_s=LOAD_PAUSE_S * len(models), model=model))
+                for model in models
+            }
+            for load in traffic.values():
+                load.wait_for(20)
             run = self.run(name, extra)
-            traffic.wait_for(len(traffic.outcomes) + 20)
+            for load in traffic.values():
+                load.wait_for(len(load.outcomes) + 20)
         return run, traffic
 
     def record(self) -> dict:
@@ -201,11 +247,12 @@ class LocalFleet:
         return {name: status.split()[0] for name, (status, _) in self.server_checks().items()}
 
     def server_checks(self) -> dict[str, tuple[str, str]]:
-        """Server name -> (HAProxy's status with its transition count, the last check's result)."""
+        """Server name -> (HAProxy's status with its transition count, the last check's result), over the
+        backends of every model."""
         csv = httpx.get(f"http://127.0.0.1:{self.settings['loadbalancer_stats_port']}/stats;csv").text
         return {
             row["svname"]: (row["status"], " ".join(row[k] for k in CHECK_COLUMNS))
-            for row in server_rows(csv, self.inventory_host.vars["loadbalancer_backend_name"])
+            for row in model_server_rows(csv, self.inventory_host.vars["loadbalancer_backend_name"])
         }
 
     def supervisorctl(self, *args: str) -> str:

@@ -7,7 +7,7 @@ The bundle holds:
   wheels/    the runtime wheelhouse (scripts/wheelhouse.py: the runtime wheel, torch, supervisor...)
              and Ansible's own wheels (ansible-core and boto3, at this venv's versions)
   ansible/   the roles, the modules and their shared code (module_utils), the lock file,
-             playbooks/cloud-instance.yml and an ansible.cfg
+             playbooks/cloud-instance.yml (with playbooks/group_vars/all.yml) and an ansible.cfg
   bundle.json  the runtime release and the Python the wheels are for (boot.py checks both)
 
 Build it with the Python of the AMI (the wheels are built for one Python), and with the torch build
@@ -123,11 +123,13 @@ def build(wheelhouse: Path, out: Path, cache: Path) -> tuple[Path, dict]:
             tar.add(wheelhouse / "wheelhouse.lock", "wheels/wheelhouse.lock", filter=_filter)
             for folder in ANSIBLE_TREE:
                 tar.add(REPO / folder, f"ansible/{folder}", filter=_filter)
-            tar.add(
-                REPO / "playbooks" / "cloud-instance.yml",
-                "ansible/playbooks/cloud-instance.yml",
-                filter=_filter,
-            )
+            # The playbook and the wiring between roles that every playbook shares (group_vars/all.yml).
+            for playbook_file in ("cloud-instance.yml", "group_vars/all.yml"):
+                tar.add(
+                    REPO / "playbooks" / playbook_file,
+                    f"ansible/playbooks/{playbook_file}",
+                    filter=_filter,
+                )
             _add_bytes(tar, "ansible/ansible.cfg", ANSIBLE_CFG.encode())
         partial.chmod(0o644)
         partial.replace(target)

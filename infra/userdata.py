@@ -17,6 +17,8 @@ from typing import Any
 import jinja2
 
 from infra.config import StackConfig
+from infra.config.models import ModelConfig
+from infra.config.values import merged
 from infra.metrics import FLEET_DIMENSION, METRICS_NAMESPACE
 
 TEMPLATE = Path(__file__).parent / "templates" / "cloud-init.yaml.j2"
@@ -38,26 +40,18 @@ def boot_script() -> bytes:
     return BOOT_SCRIPT.read_bytes()
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        current = merged.get(key)
-        merged[key] = (
-            _merge(current, value) if isinstance(value, Mapping) and isinstance(current, Mapping) else value
-        )
-    return merged
-
-
-def boot_config(settings: StackConfig, bucket: str, region: str, fleet_name: str) -> dict[str, Any]:
-    """What boot.py needs: where the bundle and the keys are, and the roles' variables. Role variables
-    not set here keep the playbook's cloud defaults (playbooks/cloud-instance.yml)."""
-    fleet = settings.fleet
+def boot_config(
+    settings: StackConfig, fleet: ModelConfig, bucket: str, region: str, fleet_name: str
+) -> dict[str, Any]:
+    """What boot.py needs to serve fleet's model: where the bundle and the keys are, and the roles'
+    variables. Role variables not set here keep the playbook's cloud defaults
+    (playbooks/cloud-instance.yml)."""
     role_vars: dict[str, Any] = {
         "model_artifacts_registry": f"s3://{bucket}/{settings.store.registry_prefix}",
-        "model_artifacts_ref": settings.model,
+        "model_artifacts_ref": fleet.ref,
         "model_runtime_base_port": fleet.runtime_port,
         # The role's default settings, with the stack's on top (checked by the runtime's model).
-        "model_runtime_settings": _merge(
+        "model_runtime_settings": merged(
             {"scheduler": {}, "logging": {"json": True}}, fleet.instance_settings
         ),
         **fleet.engine_vars,
@@ -85,16 +79,26 @@ def boot_config(settings: StackConfig, bucket: str, region: str, fleet_name: str
     }
 
 
-def render_user_data(config: Mapping[str, Any], packages: Sequence[str], model: str) -> str:
-    script = base64.b64encode(gzip.compress(boot_script(), compresslevel=9, mtime=0)).decode()
-    # YAML, not HTML: values go in through tojson (JSON is YAML), never unescaped.
+def render(template: Path, limit: int = USER_DATA_LIMIT, **values: Any) -> str:
+    """A cloud-init template rendered (YAML, not HTML: values go in through tojson, never unescaped),
+    within EC2's limit on user data."""
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         autoescape=False,  # noqa: S701
     )
-    text = environment.from_string(TEMPLATE.read_text()).render(
+    text = environment.from_string(template.read_text()).render(**values)
+    size = len(text.encode())
+    if size > limit:
+        raise ValueError(f"user data is {size} bytes, above EC2's limit of {limit}")
+    return text
+
+
+def render_user_data(config: Mapping[str, Any], packages: Sequence[str], model: str) -> str:
+    script = base64.b64encode(gzip.compress(boot_script(), compresslevel=9, mtime=0)).decode()
+    return render(
+        TEMPLATE,
         api_keys_ref=config["api_keys"],
         runtime_version=config["runtime_version"],
         model=model,
@@ -105,7 +109,3 @@ def render_user_data(config: Mapping[str, Any], packages: Sequence[str], model: 
         boot_script=script,
         python=config["python"],
     )
-    size = len(text.encode())
-    if size > USER_DATA_LIMIT:
-        raise ValueError(f"user data is {size} bytes, above EC2's limit of {USER_DATA_LIMIT}")
-    return text

@@ -51,10 +51,20 @@ def _demo_model(args: argparse.Namespace) -> int:
         return _demo_members(args, recipe)
     if args.if_missing and is_current(args.out_dir, recipe):
         print(f"{args.out_dir}: demo model is current (recipe {recipe.fingerprint()})")
-        return 0
-    record = build_demo_model(args.out_dir, recipe)
-    print(json.dumps(record, indent=2))
+    else:
+        print(json.dumps(build_demo_model(args.out_dir, recipe), indent=2))
+    if args.int8:
+        _demo_int8(args.out_dir, args.int8, args.if_missing)
     return 0
+
+
+def _demo_int8(demo: Path, out: Path, if_missing: bool) -> None:
+    from model_runtime.demo import int8  # torch, as serve's
+
+    if if_missing and int8.is_current(demo, out):
+        print(f"{out}: the demo model's int8 copy is current")
+        return
+    print(json.dumps(int8.build_int8_copy(demo, out), indent=2))
 
 
 def _demo_members(args: argparse.Namespace, recipe: Recipe) -> int:
@@ -105,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR holds this build")
+    demo.add_argument(
+        "--int8",
+        type=Path,
+        metavar="DIR",
+        help="and its int8 copy in DIR, the model demo-int8 (the local fleet's second model)",
+    )
     demo.add_argument(
         "--members",
         type=_member_count,

@@ -37,12 +37,28 @@ def stats_rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
 
 
+def model_backend(prefix: str, model: str) -> str:
+    """The backend of a model's instances (the loadbalancer role names each <prefix>-<model>, where the
+    prefix is its loadbalancer_backend_name)."""
+    return f"{prefix}-{model}"
+
+
 def server_rows(text: str, backend: str) -> list[dict[str, str]]:
     """The rows of the backend's servers in the statistics CSV (its FRONTEND/BACKEND rows left out)."""
     return [
         row
         for row in stats_rows(text)
         if row.get("pxname") == backend and row.get("svname") not in SUMMARY_ROWS
+    ]
+
+
+def model_server_rows(text: str, prefix: str) -> list[dict[str, str]]:
+    """The rows of every model backend's servers (model_backend(prefix, any model))."""
+    return [
+        row
+        for row in stats_rows(text)
+        if (row.get("pxname") or "").startswith(model_backend(prefix, ""))
+        and row.get("svname") not in SUMMARY_ROWS
     ]
 
 
@@ -137,23 +153,24 @@ class RuntimeAPI:
     def wait_up(self, name: str, timeout_s: float) -> dict[str, str]:
         return self.wait(name, is_up, "UP", timeout_s)
 
-    def pool(self) -> dict[str, dict[str, str | int]]:
-        """Each server's status (UP, DRAIN, MAINT, DOWN, "no check": without the counts of a state
-        about to change, as in "UP 1/2") and its current sessions: what `fab status` shows."""
-        return {
-            name: {
-                "status": re.sub(r" \d+/\d+$", "", row.get("status") or "?"),
-                "sessions": int(row.get("scur") or 0),
-            }
-            for name, row in self.servers().items()
+
+def pool(rows: list[dict[str, str]]) -> dict[str, dict[str, str | int]]:
+    """Each server's status (UP, DRAIN, MAINT, DOWN, "no check": without the counts of a state about to
+    change, as in "UP 1/2") and its current sessions: what `fab status` shows."""
+    return {
+        row["svname"]: {
+            "status": re.sub(r" \d+/\d+$", "", row.get("status") or "?"),
+            "sessions": int(row.get("scur") or 0),
         }
+        for row in rows
+    }
 
 
 def main(argv: list[str]) -> None:
-    """`python3 -c "$(cat haproxy_runtime.py)" SOCKET BACKEND`: the backend's pool as JSON (how `fab status`
-    reads a load balancer over SSH, with nothing installed there but Python)."""
-    socket_path, backend = argv
-    print(json.dumps(RuntimeAPI(socket_path, backend).pool()))
+    """`python3 -c "$(cat haproxy_runtime.py)" SOCKET PREFIX`: the servers of every model backend as JSON
+    (how `fab status` reads a load balancer over SSH, with nothing installed there but Python)."""
+    socket_path, prefix = argv
+    print(json.dumps(pool(model_server_rows(RuntimeAPI(socket_path, prefix).ask("show stat"), prefix))))
 
 
 if __name__ == "__main__":

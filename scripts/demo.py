@@ -1,5 +1,6 @@
-"""The end of `make demo`: one chat completion through the local fleet's load balancer, over HTTPS
-with the certificate of the fleet's own CA (made by the loadbalancer role; nothing else is trusted).
+"""The end of `make demo`: a chat completion from each model the local fleet serves (GET /v1/models),
+through its one load balancer, over HTTPS with the certificate of the fleet's own CA (made by the
+loadbalancer role; nothing else is trusted).
 
 Addresses, ports and paths are read from inventories/local as a play sees them (the roles' defaults,
 then the inventory's variables), so this script repeats none of them.
@@ -38,13 +39,15 @@ def main() -> int:
     client = openai.OpenAI(
         base_url=base_url, api_key=API_KEY.read_text().strip(), max_retries=2, http_client=trust
     )
-    answer = client.chat.completions.with_raw_response.create(
-        model="demo", messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0.7
-    )
-    completion = answer.parse()
-    print(f"\nQ: {QUESTION}\nA:{completion.choices[0].message.content}\n")
-    request_id = answer.headers["x-request-id"]
-    print(f"served by {completion.system_fingerprint} through HAProxy (request id {request_id})")
+    print(f"\nQ: {QUESTION}")
+    for model in client.models.list():
+        answer = client.chat.completions.with_raw_response.create(
+            model=model.id, messages=[{"role": "user", "content": QUESTION}], max_tokens=48, temperature=0.7
+        )
+        completion = answer.parse()
+        request_id = answer.headers["x-request-id"]
+        print(f"\n{model.id}:{completion.choices[0].message.content}")
+        print(f"  (served by {completion.system_fingerprint} through HAProxy, request id {request_id})")
     instances = ", ".join(
         f"{server.vars['model_runtime_listen_address']}:{server.port(i)}" for i in server.instances()
     )

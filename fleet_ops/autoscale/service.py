@@ -7,6 +7,7 @@ Its configuration is one YAML file (the control_node role writes it):
     prometheus: http://127.0.0.1:9090
     runner: /var/lib/model-runtime/schedules/fleet-run
     playbook_args: []            # more ansible-playbook arguments for the scale runs
+    model: ""                    # in a fleet of several models, the one it scales
     interval_s: 15
     window_s: 60                 # the signals' averaging window
     metrics_address: 127.0.0.1   # where its own /metrics listens (port 0: not served)
@@ -115,6 +116,7 @@ class Config:
     runner: str
     policy: Policy
     playbook_args: tuple[str, ...] = ()
+    model: str = ""
     interval_s: float = 15.0
     window_s: int = 60
     metrics_address: str = "127.0.0.1"
@@ -191,7 +193,8 @@ class Autoscaler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.prometheus = Prometheus(config.prometheus)
-        runner = Runner(config.runner, config.playbook_args)
+        scaled = ("-e", f"model={config.model}") if config.model else ()
+        runner = Runner(config.runner, (*config.playbook_args, *scaled))
         self.scale_metal = ScaleRun(runner)
         self.memory = Memory()
         self.burst = config.burst
@@ -209,7 +212,10 @@ class Autoscaler:
         now = time.monotonic
         try:
             seen = read_signals(
-                self.prometheus, self.config.window_s, self.burst.backend if self.burst else None
+                self.prometheus,
+                self.config.window_s,
+                self.burst.backend if self.burst else None,
+                self.config.model or None,
             )
             cloud = self.scale_cloud.size() if self.burst else None
         except (PrometheusError, CloudError) as error:

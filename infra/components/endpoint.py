@@ -18,7 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.facts import READY_PATH
-from model_runtime.server.errors import path_not_found
+from model_runtime.server.errors import APIError, path_not_found
 
 # ALB path patterns: case-sensitive globs (`*` any characters, `?` one) over the path, never the query
 # string. AWS does not say whether the ALB decodes %XX or resolves `..` first; it need not matter: the
@@ -28,10 +28,69 @@ FORWARDED_PATHS = ("/v1/*", READY_PATH)
 NOT_FOUND = path_not_found()
 
 
+def runtime_target_group(
+    name: str, vpc_id: pulumi.Input[str], port: int, deregistration_delay_s: int, opts: pulumi.ResourceOptions
+) -> aws.lb.TargetGroup:
+    """Instances that serve the API on port, ready when READY_PATH answers 200."""
+    return aws.lb.TargetGroup(
+        name,
+        vpc_id=vpc_id,
+        port=port,
+        protocol="HTTP",
+        target_type="instance",
+        # A generation costs the replica more than a request does: send to the least busy one.
+        load_balancing_algorithm_type="least_outstanding_requests",
+        # Long enough for the longest request an instance may be serving when the group removes it.
+        deregistration_delay=deregistration_delay_s,
+        health_check={
+            "enabled": True,
+            "path": READY_PATH,
+            "protocol": "HTTP",
+            "port": "traffic-port",
+            "matcher": "200",
+            "interval": 10,
+            "timeout": 5,
+            "healthy_threshold": 2,
+            "unhealthy_threshold": 3,
+        },
+        opts=opts,
+    )
+
+
+def web_egress(name: str, security_group_id: pulumi.Input[str], opts: pulumi.ResourceOptions) -> None:
+    """Out: HTTPS (S3, SSM, package mirrors through NAT) and HTTP (Ubuntu's mirrors on EC2)."""
+    for port in (443, 80):
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-out-{port}",
+            security_group_id=security_group_id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            cidr_ipv4="0.0.0.0/0",
+            description=f"out on {port}",
+            opts=opts,
+        )
+
+
+def fixed_response(error: APIError) -> list[dict]:
+    """A listener's answer of its own, in the runtime's error envelope."""
+    return [
+        {
+            "type": "fixed-response",
+            "fixed_response": {
+                "content_type": "application/json",
+                "message_body": json.dumps(error.body()),
+                "status_code": str(error.status),
+            },
+        }
+    ]
+
+
 @dataclass
 class EndpointArgs:
     vpc_id: pulumi.Input[str]
     public_subnet_ids: list[pulumi.Input[str]]
+    # What the load balancer forwards to: the GPU instances (one model) or the routers (several).
     runtime_port: int
     certificate_arn: str | None
     allow_http: bool
@@ -41,6 +100,7 @@ class EndpointArgs:
     deregistration_delay_s: int
     domain_name: str | None = None
     deletion_protection: bool = False
+    backend_description: str = "GPU instances: the runtime port from the load balancer only"
 
 
 class Endpoint(pulumi.ComponentResource):
@@ -66,7 +126,7 @@ class Endpoint(pulumi.ComponentResource):
         instance_sg = aws.ec2.SecurityGroup(
             f"{name}-instances",
             vpc_id=args.vpc_id,
-            description="GPU instances: the runtime port from the load balancer only",
+            description=args.backend_description,
             tags={"Name": f"{name}-instances"},
             opts=child,
         )
@@ -103,41 +163,9 @@ class Endpoint(pulumi.ComponentResource):
             description="the runtime port, from the load balancer",
             opts=child,
         )
-        # Out: HTTPS (S3, SSM, package mirrors through NAT) and HTTP (Ubuntu's mirrors on EC2).
-        for port in (443, 80):
-            aws.vpc.SecurityGroupEgressRule(
-                f"{name}-instances-out-{port}",
-                security_group_id=instance_sg.id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                cidr_ipv4="0.0.0.0/0",
-                description=f"out on {port}",
-                opts=child,
-            )
-
-        target_group = aws.lb.TargetGroup(
-            f"{name}-runtime",
-            vpc_id=args.vpc_id,
-            port=args.runtime_port,
-            protocol="HTTP",
-            target_type="instance",
-            # A generation costs the replica more than a request does: send to the least busy one.
-            load_balancing_algorithm_type="least_outstanding_requests",
-            # Long enough for the longest request an instance may be serving when the group removes it.
-            deregistration_delay=args.deregistration_delay_s,
-            health_check={
-                "enabled": True,
-                "path": READY_PATH,
-                "protocol": "HTTP",
-                "port": "traffic-port",
-                "matcher": "200",
-                "interval": 10,
-                "timeout": 5,
-                "healthy_threshold": 2,
-                "unhealthy_threshold": 3,
-            },
-            opts=child,
+        web_egress(f"{name}-instances", instance_sg.id, child)
+        target_group = runtime_target_group(
+            f"{name}-runtime", args.vpc_id, args.runtime_port, args.deregistration_delay_s, child
         )
         balancer = aws.lb.LoadBalancer(
             f"{name}-alb",
@@ -150,16 +178,7 @@ class Endpoint(pulumi.ComponentResource):
             enable_deletion_protection=args.deletion_protection,
             opts=child,
         )
-        not_found = [
-            {
-                "type": "fixed-response",
-                "fixed_response": {
-                    "content_type": "application/json",
-                    "message_body": json.dumps(NOT_FOUND.body()),
-                    "status_code": str(NOT_FOUND.status),
-                },
-            }
-        ]
+        not_found = fixed_response(NOT_FOUND)
         if https:
             serving = aws.lb.Listener(
                 f"{name}-https",

@@ -20,11 +20,15 @@ from infra.components.gpu_fleet_scaling import (
 from infra.components.gpu_fleet_template import launch_template
 from infra.config import StackConfig
 from infra.config.fleet import FleetConfig
+from infra.config.models import ModelConfig
 
 
 @dataclass
 class GpuFleetArgs:
     settings: StackConfig
+    model: ModelConfig  # the model this group serves, with its fleet settings
+    # The instances' CloudWatch dimension (infra/layout.py): each group tracks its own queue.
+    metrics_fleet: str
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
     target_group_arn: pulumi.Input[str]
@@ -114,15 +118,14 @@ class GpuFleet(pulumi.ComponentResource):
         super().__init__("model-runtime:fleet:GpuFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOptions(parent=self)
-        settings, fleet = args.settings, args.settings.fleet
+        settings, fleet, fleet_name = args.settings, args.model, args.metrics_fleet
         region = aws.get_region_output(opts=invoke).region
 
-        # The instances' CloudWatch dimension: the project and stack, known before any resource exists.
-        fleet_name = f"{pulumi.get_project()}-{pulumi.get_stack()}"
         identity = instance_role(name, settings, args.bucket_arn, region, child, invoke)
         template = launch_template(
             name,
             settings,
+            fleet,
             fleet_name=fleet_name,
             instance_profile_arn=identity.profile.arn,
             security_group_id=args.security_group_id,

@@ -15,10 +15,12 @@ import pulumi_aws as aws
 
 from infra.config import StackConfig
 from infra.config.fleet import FleetConfig
+from infra.config.models import ModelConfig
+from infra.config.sections import RouterConfig
 from infra.userdata import boot_config, render_user_data
 
 
-def find_ami(fleet: FleetConfig, invoke: pulumi.InvokeOptions) -> pulumi.Output[Any]:
+def find_ami(fleet: FleetConfig | RouterConfig, invoke: pulumi.InvokeOptions) -> pulumi.Output[Any]:
     """A pinned AMI (a refresh only when the stack changes it), or the newest matching the name."""
     filters = (
         [{"name": "image-id", "values": [fleet.ami_id]}]
@@ -37,6 +39,7 @@ def find_ami(fleet: FleetConfig, invoke: pulumi.InvokeOptions) -> pulumi.Output[
 def launch_template(
     name: str,
     settings: StackConfig,
+    fleet: ModelConfig,
     *,
     fleet_name: str,
     instance_profile_arn: pulumi.Input[str],
@@ -46,17 +49,17 @@ def launch_template(
     opts: pulumi.ResourceOptions,
     invoke: pulumi.InvokeOptions,
 ) -> aws.ec2.LaunchTemplate:
-    """The template, whose user data carries the boot script and its configuration (infra/userdata.py)."""
-    fleet = settings.fleet
+    """The template of fleet's model, whose user data carries the boot script and its configuration
+    (infra/userdata.py)."""
     ami = find_ami(fleet, invoke)
     user_data = pulumi.Output.all(bucket_name, region).apply(
         lambda v: render_user_data(
-            boot_config(settings, v[0], v[1], fleet_name), fleet.boot_packages, settings.model
+            boot_config(settings, fleet, v[0], v[1], fleet_name), fleet.boot_packages, fleet.ref
         )
     )
     return aws.ec2.LaunchTemplate(
         f"{name}-lt",
-        description=f"model-runtime {settings.runtime_version}, model {settings.model}",
+        description=f"model-runtime {settings.runtime_version}, model {fleet.ref}",
         image_id=ami.id,
         update_default_version=True,
         key_name=fleet.key_name,
@@ -96,7 +99,7 @@ def launch_template(
                 "tags": {
                     "Name": name,
                     "model-runtime:version": settings.runtime_version,
-                    "model-runtime:model": settings.model,
+                    "model-runtime:model": fleet.ref,
                 },
             }
             for kind in ("instance", "volume")

@@ -3,30 +3,25 @@
 Pydantic models, as the runtime's own settings (model_runtime/config.py): the fields are the keys as
 `pulumi config` spells them (camelCase aliases), unknown keys are refused, so a typo in `minSize` stops
 `pulumi up` instead of shipping a fleet of the wrong size, and every problem names the key that holds it
-(errors.py). values.py reads the values; fleet.py and sections.py are the objects below the top level.
+(errors.py). values.py reads the values; models.py, fleet.py and sections.py are the objects below
+the top level.
 infra/README.md documents every key.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.runtime.config import CONFIG
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from infra.config.errors import PROJECT, Problem, config_error
-from infra.config.fleet import REQUEST_TIMEOUT_KEY, FleetConfig
-from infra.config.sections import EndpointConfig, NetworkConfig, StoreConfig
+from infra.config.errors import PROJECT, config_error
+from infra.config.models import ModelConfig, as_model_list, unique_names, where_written
+from infra.config.sections import EndpointConfig, NetworkConfig, RouterConfig, StoreConfig
 from infra.config.values import ApiKeysSource, KmsKeyArn, ModelRef, RuntimeRelease, Section, Sha256
-
-# The ALB's longest deregistration delay (its limit, in seconds).
-ALB_MAX_DEREGISTRATION_DELAY_S = 3600
-# Past the runtime's request deadline: the step that notices it and the response's last bytes.
-DRAIN_GRACE_S = 30
 
 
 class StackConfig(Section):
@@ -37,7 +32,13 @@ class StackConfig(Section):
         description="an instance boots only the bundle with this sha256; infra/bundle.py prints it "
         "(pulumi config set runtimeBundleSha256 <sha256>)"
     )
-    model: ModelRef = Field(description="the model's registry reference, e.g. demo@stable")
+    # The one-model form; as_model_list makes it models' one entry.
+    model: ModelRef | None = None
+    models: tuple[ModelConfig, ...] = Field(
+        min_length=1,
+        description="the models served, each {name, ref, engine, and any fleet key for its own group}; "
+        "or model (a registry reference, e.g. demo@stable) for one",
+    )
     api_keys: ApiKeysSource = Field(
         description="where the instances read their API keys at boot, ssm:/PARAMETER/NAME or "
         "secretsmanager:NAME"
@@ -46,28 +47,31 @@ class StackConfig(Section):
     api_keys_kms_key_arn: KmsKeyArn | None = None
     network: NetworkConfig
     store: StoreConfig
-    fleet: FleetConfig
+    # What the models share, checked as part of each model (models' entries are merged over it).
+    fleet: dict[str, Any] = Field(default_factory=dict)
     endpoint: EndpointConfig
+    router: RouterConfig
 
-    @model_validator(mode="after")
-    def _requests_end_before_the_drain(self) -> StackConfig:
-        """A runtime limit beyond the ALB's longest deregistration delay: a scale-in would cut requests
-        the runtime still considers alive."""
-        timeout = self.fleet.request_timeout_s
-        if timeout > ALB_MAX_DEREGISTRATION_DELAY_S:
-            raise Problem(
-                f"is {timeout:g} s, above the load balancer's longest deregistration delay "
-                f"({ALB_MAX_DEREGISTRATION_DELAY_S} s): an instance leaving the group would have requests "
-                f"cut; at most {ALB_MAX_DEREGISTRATION_DELAY_S}",
-                key=REQUEST_TIMEOUT_KEY,
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list_of_models(cls, raw: Any) -> Any:
+        return as_model_list(raw) if isinstance(raw, dict) else raw
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        return unique_names(models)
 
     @property
-    def deregistration_delay_s(self) -> int:
-        """How long the ALB lets an instance that leaves (scale-in, refresh) finish its requests: the
-        longest request the runtime allows plus a grace, within the ALB's limit."""
-        return min(math.ceil(self.fleet.request_timeout_s) + DRAIN_GRACE_S, ALB_MAX_DEREGISTRATION_DELAY_S)
+    def routed(self) -> bool:
+        """Whether requests go through the routing tier: with several models, the body's `model` picks
+        the group, which the load balancer cannot read (docs/cloud.md, "Several models"). With one,
+        the load balancer forwards to its group directly."""
+        return len(self.models) > 1
+
+    @property
+    def runtime_port(self) -> int:
+        return self.models[0].runtime_port  # shared: SHARED_KEYS
 
 
 def parse_stack_config(values: Mapping[str, Any], repo: Path) -> StackConfig:
@@ -76,7 +80,7 @@ def parse_stack_config(values: Mapping[str, Any], repo: Path) -> StackConfig:
     try:
         return StackConfig.model_validate(dict(values), context={"repo": repo})
     except ValidationError as exc:
-        raise config_error(exc, StackConfig) from None
+        raise config_error(exc, StackConfig, where_written(values)) from None
 
 
 def load_stack_config(repo: Path) -> StackConfig:

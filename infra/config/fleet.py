@@ -3,6 +3,7 @@ instance refresh, the schedule file's scale runs and the runtime settings the in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +24,11 @@ from model_runtime.config import load_settings
 DEFAULT_SCHEDULES = "inventories/example/group_vars/all/schedules.yml"
 # Amazon's GPU AMI with the NVIDIA driver baked in (the cloud path does not run the driver role).
 DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"
-REQUEST_TIMEOUT_KEY = "fleet.runtimeSettings.scheduler.request_timeout_s"
+REQUEST_TIMEOUT_KEY = "runtimeSettings.scheduler.request_timeout_s"
+# The ALB's longest deregistration delay (its limit, in seconds).
+ALB_MAX_DEREGISTRATION_DELAY_S = 3600
+# Past the runtime's request deadline: the step that notices it and the response's last bytes.
+DRAIN_GRACE_S = 30
 # The roles set these from the stack (model, port, key file): a second source would disagree.
 ROLE_OWNED = {
     "model": ("path", "served_name", "version"),
@@ -54,7 +59,7 @@ class RefreshConfig(Section):
     def _room_to_launch(self) -> RefreshConfig:
         if self.max_healthy_percentage - self.min_healthy_percentage > 100:
             raise Problem(
-                f"may exceed fleet.refresh.minHealthyPercentage ({self.min_healthy_percentage}) by 100 "
+                f"may exceed minHealthyPercentage ({self.min_healthy_percentage}) by 100 "
                 f"at most, got {self.max_healthy_percentage}",
                 key="maxHealthyPercentage",
             )
@@ -150,12 +155,10 @@ class FleetConfig(Section):
     @model_validator(mode="after")
     def _sizes_agree(self) -> FleetConfig:
         if self.max_size < self.min_size:
-            raise Problem(
-                f"must be at least fleet.minSize ({self.min_size}), got {self.max_size}", key="maxSize"
-            )
+            raise Problem(f"must be at least minSize ({self.min_size}), got {self.max_size}", key="maxSize")
         if not self.min_size <= self.desired_capacity <= self.max_size:
             raise Problem(
-                f"must be within fleet.minSize and fleet.maxSize ({self.min_size}..{self.max_size}), "
+                f"must be within minSize and maxSize ({self.min_size}..{self.max_size}), "
                 f"got {self.desired_capacity}",
                 key="desiredCapacity",
             )
@@ -165,8 +168,17 @@ class FleetConfig(Section):
         if needed > has:
             raise Problem(
                 f"model.tensor_parallel_size x pipeline_parallel_size is {needed}, but an instance of "
-                f"fleet.instanceTypes may have {has} GPU(s); choose types with at least {needed}",
+                f"instanceTypes may have {has} GPU(s); choose types with at least {needed}",
                 key="runtimeSettings",
+            )
+        timeout = self.request_timeout_s
+        if timeout > ALB_MAX_DEREGISTRATION_DELAY_S:
+            # A scale-in would cut requests the runtime still considers alive.
+            raise Problem(
+                f"is {timeout:g} s, above the load balancer's longest deregistration delay "
+                f"({ALB_MAX_DEREGISTRATION_DELAY_S} s): an instance leaving the group would have requests "
+                f"cut; at most {ALB_MAX_DEREGISTRATION_DELAY_S}",
+                key=REQUEST_TIMEOUT_KEY,
             )
         try:
             scale_actions(
@@ -210,6 +222,12 @@ class FleetConfig(Section):
         """The longest request an instance serves, as its runtime will read it (runtimeSettings or the
         runtime's default)."""
         return runtime_settings(self.runtime_settings).scheduler.request_timeout_s
+
+    @property
+    def deregistration_delay_s(self) -> int:
+        """How long the ALB lets an instance that leaves (scale-in, refresh) finish its requests: the
+        longest request the runtime allows plus a grace, within the ALB's limit."""
+        return min(math.ceil(self.request_timeout_s) + DRAIN_GRACE_S, ALB_MAX_DEREGISTRATION_DELAY_S)
 
     @property
     def volume_gib(self) -> int:

@@ -11,14 +11,17 @@ from infra.config.errors import Problem
 from infra.config.fleet import REQUEST_TIMEOUT_KEY
 from infra.config.values import (
     AcmCertificateArn,
+    AmiId,
     BucketName,
     Flag,
     KeyPrefix,
     KmsKeyArn,
     Networks,
     Section,
+    Strings,
     VpcNetwork,
     Whole,
+    matching,
     one_of,
 )
 
@@ -54,8 +57,8 @@ class EndpointConfig(Section):
     def _no_deregistration_delay(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and raw.get("deregistrationDelaySeconds") is not None:
             raise Problem(
-                f"is derived from {REQUEST_TIMEOUT_KEY} (the longest request an instance may be serving "
-                "when it leaves the group); set that instead",
+                f"is derived from fleet.{REQUEST_TIMEOUT_KEY} (the longest request an instance may be "
+                "serving when it leaves the group); set that instead",
                 key="deregistrationDelaySeconds",
             )
         return raw
@@ -77,3 +80,28 @@ class EndpointConfig(Section):
     @property
     def https(self) -> bool:
         return self.certificate_arn is not None
+
+
+class RouterConfig(Section):
+    """The routing tier of a stack with several models (infra/components/router.py): small CPU
+    instances running HAProxy, which reads the body's `model` and sends the request on to that model's
+    group through an internal load balancer."""
+
+    instance_type: Annotated[str, matching(r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type")] = (
+        "t3.small"
+    )
+    ami_id: AmiId | None = None
+    ami_name: str = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+    ami_owners: Strings = Field(("099720109477",), min_length=1)  # Canonical
+    # Two: one router's loss (or its zone's) leaves the other serving.
+    min_size: Whole = Field(2, ge=1)
+    max_size: Whole = Field(4, ge=1)
+    # The whole body must fit HAProxy's buffer for it to read `model`, wherever the client put it.
+    body_limit_kib: Whole = Field(1024, ge=16, le=16384, alias="bodyLimitKiB")
+    target_cpu_percent: Whole = Field(50, ge=10, le=90)
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> RouterConfig:
+        if self.max_size < self.min_size:
+            raise Problem(f"must be at least minSize ({self.min_size}), got {self.max_size}", key="maxSize")
+        return self

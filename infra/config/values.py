@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
@@ -38,15 +38,33 @@ class Section(BaseModel):
             if not (isinstance(field.annotation, type) and issubclass(field.annotation, Section)):
                 continue
             key = str(field.alias)
-            if isinstance(given.get(key), str):
-                try:
-                    given[key] = json.loads(given[key])
-                except json.JSONDecodeError:
-                    raise Problem(f"must be an object, got {given[key]!r}", key=key) from None
+            given[key] = decoded(given, key, "an object")
             # A section left out is a section of defaults, still checked (its required keys, its rules).
             if given.get(key) is None:
                 given[key] = {}
         return given
+
+
+def decoded(given: dict[str, Any], key: str, what: str) -> Any:
+    """given[key], decoded when Pulumi handed it over as JSON text (a top-level object or list)."""
+    value = given.get(key)
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise Problem(f"must be {what}, got {value!r}", key=key) from None
+
+
+def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """override over base, objects merged key by key (a list or a value replaces)."""
+    result = dict(base)
+    for key, value in override.items():
+        current = result.get(key)
+        result[key] = (
+            merged(current, value) if isinstance(value, Mapping) and isinstance(current, Mapping) else value
+        )
+    return result
 
 
 def _whole(value: Any) -> int:
@@ -186,6 +204,14 @@ RuntimeRelease = Annotated[
 ]
 Sha256 = Annotated[str, matching(r"[0-9a-f]{64}", "a sha256 (64 hex digits)")]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
+# What clients send as the body's `model`: the same rule as the registry's and the inventory's names.
+ModelName = Annotated[
+    str,
+    matching(
+        r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        "a model name (a letter or digit, then letters, digits, '.', '_' or '-')",
+    ),
+]
 ApiKeysSource = Annotated[ApiKeysRef, BeforeValidator(_api_keys)]
 KmsKeyArn = Annotated[str, matching(r"arn:aws[a-z-]*:kms:.+", "a KMS key ARN")]
 AcmCertificateArn = Annotated[str, matching(r"arn:aws[a-z-]*:acm:.+", "an ACM certificate ARN")]

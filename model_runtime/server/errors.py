@@ -76,6 +76,12 @@ def path_not_found() -> APIError:
     return APIError(404, "Not Found", code="not_found")
 
 
+def model_not_found(name: str) -> APIError:
+    """A model this runtime does not serve, or one the key may not use; the load balancers that route by
+    model answer the same for a model the fleet does not serve."""
+    return APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+
+
 def not_ready(reason: str, retry_after: float = 5) -> APIError:
     """503 while loading, draining, failed or stalled: a fast refusal, so the load balancer and clients
     go elsewhere (HAProxy retries exactly these on another replica)."""

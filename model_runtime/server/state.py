@@ -26,7 +26,7 @@ from model_runtime.registry.resolve import materialize
 from model_runtime.scheduler.events import Dispatch, Event, Sink, deliver_here
 from model_runtime.scheduler.worker.messages import WorkerSpec
 from model_runtime.scheduler.worker.parent import EngineProcess, Launch, spawn_builtin
-from model_runtime.server.errors import APIError, not_ready
+from model_runtime.server.errors import model_not_found, not_ready
 from model_runtime.server.hook import Plugin, RequestHook
 from model_runtime.server.metrics import RuntimeMetrics
 from model_runtime.vllm.choice import choose_engine
@@ -194,7 +194,7 @@ class RuntimeState:
         is answered as one that does not exist, so a key learns nothing of what it cannot use."""
         served = self.models.get(name) if policy.may_use(name) else None
         if served is None:
-            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+            raise model_not_found(name)
         return served
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ import testinfra
 
 from harness import REPO
 from harness.playbooks import ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
-from module_utils.haproxy_runtime import server_rows
+from module_utils.haproxy_runtime import model_server_rows
 from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [
@@ -432,7 +432,7 @@ def lb_states(fleet: dict) -> dict[str, str]:
     stats = host(fleet, "a").ansible(
         "uri", f"url=http://127.0.0.1:{STATS_PORT}/stats;csv return_content=true", check=False
     )
-    return {row["svname"]: row["status"] for row in server_rows(stats["content"], "model_runtime")}
+    return {row["svname"]: row["status"] for row in model_server_rows(stats["content"], "model_runtime")}
 
 
 def test_fab_drain_and_enable(fleet: dict) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from harness import REPO
 from harness.server import free_port
-from module_utils.haproxy_runtime import HAProxyError, RuntimeAPI
+from module_utils.haproxy_runtime import HAProxyError, RuntimeAPI, model_backend
 from tests.support.haproxy import runtime_api
 
 pytestmark = pytest.mark.integration
@@ -30,11 +30,11 @@ def balancer(tmp_path: Path) -> Iterator[tuple[RuntimeAPI, int, socket.socket]]:
     with socket.create_server(("127.0.0.1", 0)) as server:
         proxies = (
             "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
-            f"frontend front\n  bind 127.0.0.1:{port}\n  default_backend pool\n"
-            f"backend pool\n  server s-1 127.0.0.1:{server.getsockname()[1]}\n"
+            f"frontend front\n  bind 127.0.0.1:{port}\n  default_backend pool-demo\n"
+            f"backend pool-demo\n  server s-1 127.0.0.1:{server.getsockname()[1]}\n"
         )
         with runtime_api(tmp_path, proxies) as sock:
-            yield RuntimeAPI(str(sock), "pool"), port, server
+            yield RuntimeAPI(str(sock), model_backend("pool", "demo")), port, server
 
 
 def test_a_drain_waits_for_the_sessions_and_fails_when_they_stay(balancer: tuple) -> None:

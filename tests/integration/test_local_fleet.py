@@ -27,7 +27,7 @@ from fleet_ops.cloud_scale import describe_group
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness import REPO
 from harness.dashboard import dashboard_queries
-from harness.fleet import KEY, LOAD_PAUSE_S, LocalFleet, running_under
+from harness.fleet import DEMO_ONLY, KEY, LOAD_PAUSE_S, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
@@ -62,7 +62,11 @@ RUNTIME_SETTINGS = {
 def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPathFactory):
     # Few batch slots and queue places per replica, so that the short soak below is an overload.
     fleet = LocalFleet(
-        tmp_path_factory.mktemp("fleet"), demo_model, instances=REPLICAS, runtime_settings=RUNTIME_SETTINGS
+        tmp_path_factory.mktemp("fleet"),
+        demo_model,
+        instances=REPLICAS,
+        runtime_settings=RUNTIME_SETTINGS,
+        models=DEMO_ONLY,  # the two-model fleet has its own module (test_many_models.py)
     )
     # The vLLM build this machine has (its CPU build, its own environment): the upgrade rolls to it.
     fleet.settings["model_runtime_vllm_python"] = str(vllm_python)
@@ -126,16 +130,6 @@ def within_one_minute_window(margin_s: float = 20) -> None:
         time.sleep(60 - into + 0.5)
 
 
-def answered_by(fleet: LocalFleet, request_ids: set[str]) -> set[str]:
-    """The instances whose logs show these requests (each logs the id HAProxy gave the request)."""
-    logs = fleet.prefix / "var/log/model-runtime"
-    return {
-        instance
-        for instance in INSTANCES
-        if any(rid in (logs / f"{SERVICE}-{instance}.log").read_text() for rid in request_ids)
-    }
-
-
 def test_per_key_limits_hold_across_replicas_with_the_openai_headers_and_no_key_in_sight(
     fleet: LocalFleet,
 ) -> None:
@@ -151,7 +145,7 @@ def test_per_key_limits_hold_across_replicas_with_the_openai_headers_and_no_key_
     # Requests: 3 a minute, counted at HAProxy whichever replica serves them.
     served = [ask(QUOTA_KEY) for _ in range(3)]
     assert [r.headers["x-ratelimit-remaining-requests"] for r in served] == ["2", "1", "0"]
-    assert answered_by(fleet, {r.headers["x-request-id"] for r in served}) == set(INSTANCES)
+    assert fleet.answered_by({r.headers["x-request-id"] for r in served}) == set(INSTANCES)
     with pytest.raises(openai.RateLimitError) as refused:
         ask(QUOTA_KEY)
     assert refused.value.body["code"] == "rate_limit_exceeded"
@@ -298,7 +292,7 @@ def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> No
     task = run.output.rindex("TASK [Print the fleet table]")
     result, _ = json.JSONDecoder().raw_decode(run.output, run.output.index("{", task))
     shown = result["msg"]
-    assert shown["desired"]["runtime_version"] == fleet.new_runtime
+    assert shown["desired"]["demo"]["runtime_version"] == fleet.new_runtime
     rows = [(row["instance"], row["model_version"], row["differs"]) for row in shown["instances"]]
     assert rows == [(i, "v2", False) for i in INSTANCES]
 
@@ -437,6 +431,7 @@ def test_a_scheduled_scale_run_is_a_cron_job_under_flock_and_drops_nothing(fleet
     assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
     assert jobs["weekday-mornings"].startswith("0 8 * * 1-5 ")
     assert jobs["sunday-upgrade"].startswith("0 3 * * 0 ")
+    assert jobs["evenings"].endswith(" scale.yml -e replicas=1 -e model=demo")  # the schedule names its model
     runner = fleet.prefix / "var/lib/model-runtime/schedules/fleet-run"
     assert "flock -n" in runner.read_text()
     # The entry's command (minus the schedule and user fields), with the fleet's settings from a file.

@@ -18,6 +18,7 @@ import pytest
 
 from fleet_ops.inventory import load_fleet
 from harness import REPO
+from harness.fleet import DEMO_ONLY
 from harness.playbooks import BIN, ensure_wheelhouse, playbook, role_defaults
 from harness.server import free_port
 from model_runtime.config import load_settings
@@ -190,7 +191,9 @@ def test_fleet_tools_resolve_the_local_inventory_as_a_play_would() -> None:
     wheelhouse = ensure_wheelhouse()
     host = load_fleet(LOCAL)["localhost"]
     assert host.vars["model_runtime_version"] == (wheelhouse / "RUNTIME_VERSION").read_text().strip()
-    assert host.instances() == [1, 2]
+    # Two models: demo on instances 1 and 2, demo-int8 on 3 (model_runtime_models).
+    assert [(entry["name"], entry["instances"]) for entry in host.models()] == [("demo", 2), ("demo-int8", 1)]
+    assert host.instances() == [1, 2, 3]
     assert host.port(2) == 8102
     assert host.service(2) == "model-runtime-2"  # supervisord's program, as the role names it
     # The balancer's runtime API socket that `fab status` asks: the role's default, templated.
@@ -259,6 +262,7 @@ def one_instance(prefix: Path, demo_model: Path, extra: dict) -> dict:
         "fleet_prefix": str(prefix),
         "model_artifacts_source": str(demo_model),
         "model_runtime_instances": 1,
+        "model_runtime_models": DEMO_ONLY,
         "model_runtime_base_port": free_port(),
         "model_runtime_metrics_base_port": free_port(),
         "loadbalancer_port": free_port(),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet_ops.autoscale.service import Config, ConfigError, main
+from fleet_ops.autoscale.signals import queries
 
 GOOD = {
     "prometheus": "http://127.0.0.1:9090",
@@ -22,7 +23,16 @@ def test_a_good_file_loads_with_the_policy_and_defaults() -> None:
     config = Config.from_dict({**GOOD, "playbook_args": ["-e", "@vars.yml"]})
     assert config.policy.capacity_per_replica == 16
     assert config.playbook_args == ("-e", "@vars.yml")
-    assert (config.interval_s, config.window_s, config.dry_run) == (15.0, 60, False)
+    assert (config.interval_s, config.window_s, config.dry_run, config.model) == (15.0, 60, False, "")
+
+
+def test_in_a_fleet_of_several_models_it_reads_and_scales_one() -> None:
+    assert Config.from_dict({**GOOD, "model": "demo-int8"}).model == "demo-int8"
+    every, one = queries(60), queries(60, None, "demo-int8")
+    assert every["replicas"] == 'count(up{job="model-runtime"})'
+    # Each reading keeps the series of the instances that loaded that model (one model an instance).
+    only = 'and on(instance) model_runtime_model_load_seconds{job="model-runtime", model="demo-int8"}'
+    assert all(only in one[name] and only not in every[name] for name in every)
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def refused(stack: str, overrides: dict[str, Any]) -> ConfigError:
             "dev",
             {"fleet.runtimeSettings": {"model": {"engine": "vllm", "tensor_parallel_size": 4}}},
             "fleet.runtimeSettings",
-            "is 4, but an instance of fleet.instanceTypes may have 1 GPU(s)",
+            "is 4, but an instance of instanceTypes may have 1 GPU(s)",
         ),
         (
             "dev",
@@ -60,12 +60,12 @@ def refused(stack: str, overrides: dict[str, Any]) -> ConfigError:
             "fleet.runtimeSettings",
             "the builtin engine runs a model on one device",
         ),
-        ("dev", {"fleet.minSize": 3}, "fleet.maxSize", "at least fleet.minSize (3)"),
+        ("dev", {"fleet.minSize": 3}, "fleet.maxSize", "at least minSize (3)"),
         (
             "dev",
             {"fleet.desiredCapacity": 5},
             "fleet.desiredCapacity",
-            "within fleet.minSize and fleet.maxSize",
+            "within minSize and maxSize",
         ),
         ("dev", {"fleet.maxSize": "two"}, "fleet.maxSize", "a whole number"),
         ("dev", {"fleet.minsize": 1}, "fleet.minsize", "unknown setting"),
@@ -154,7 +154,7 @@ def test_a_config_error_ends_pulumi_cleanly() -> None:
     assert issubclass(ConfigError, pulumi.RunError)
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "prod", "multi"])
 def test_the_example_stacks_are_valid(stack: str) -> None:
     run = run_program(stack)
     # The examples pin this repository's release: the bundle infra/bundle.py builds from it.
