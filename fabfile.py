@@ -10,7 +10,9 @@ inventory's known_hosts (or ~/.ssh/known_hosts), and an unknown host is refused.
   fab doctor [--host H]               `model-runtime doctor` for every instance; exits with the worst status
 
 Tasks that change the fleet run its playbooks (pool.yml, restart.yml, upgrade.yml), so that they take the
-same steps, checks and records as any other run; the read-only ones ask the hosts directly. The load
+same steps, checks and records as any other run, and the fleet's lock (callback_plugins/fleet_lock.py:
+while another run holds it they change nothing and name the holder); the read-only ones ask the hosts
+directly. The load
 balancers are read through module_utils/haproxy_runtime.py, the client the haproxy_server module uses.
 """
 

@@ -167,6 +167,24 @@ def releases(
 _NAME_HOLE = "@@model@@"
 
 
+def record_versions(records: Sequence[object], model: str) -> list[str]:
+    """The versions of `model` that the hosts' release records say an instance runs, or returns to on
+    a rollback (each instance's previous release): what a registry pin must keep."""
+    versions = set()
+    for record in records:
+        if not isinstance(record, Mapping):
+            continue
+        for part in ("instances", "previous"):
+            for release in (record.get(part) or {}).values():
+                if (
+                    isinstance(release, Mapping)
+                    and release.get("model") == model
+                    and release.get("model_version")
+                ):
+                    versions.add(str(release["model_version"]))
+    return sorted(versions)
+
+
 def model_not_found_body(name_format: str) -> str:
     """The runtime's 404 body for an unknown model (model_runtime.server.errors.model_not_found), its
     name given by name_format (an HAProxy log-format expression that writes it escaped for a JSON
@@ -185,6 +203,7 @@ class FilterModule:
             "models_for_host": models_for_host,
             "instance_models": instance_models,
             "model_releases": releases,
+            "record_versions": record_versions,
             "wanted_model": wanted_name,
             "model_not_found_body": model_not_found_body,
         }

@@ -44,6 +44,29 @@ class PlaybookRun:
         return sum(h.get("changed", 0) for h in self.recap().values())
 
 
+def playbook_command(
+    name: str | Path, inventory: Path, extra_vars: dict | None = None, *args: str
+) -> list[str]:
+    """ansible-playbook's command line. A name is one of playbooks/; a test's own playbook is given by
+    its path."""
+    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name), *args]
+    return command + (["-e", json.dumps(extra_vars)] if extra_vars else [])
+
+
+def playbook_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The repo's ansible.cfg (its plugins, the fleet lock among them), over this environment. A run
+    waits for the fleet's lock, as an operator may ask (a scale run the autoscaler started holds it a
+    while; test modules in parallel workers share inventories/local); a refused run is tested with a
+    wait of 0."""
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "MODEL_RUNTIME_FLEET_LOCK_WAIT": "900",
+        **(env or {}),
+    }
+
+
 def playbook(
     name: str | Path,
     inventory: Path,
@@ -52,19 +75,10 @@ def playbook(
     env: dict[str, str] | None = None,
     timeout: float = 1200,
 ) -> PlaybookRun:
-    # A name is one of playbooks/; a test's own playbook is given by its path.
-    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name), *args]
-    if extra_vars:
-        command += ["-e", json.dumps(extra_vars)]
-    environment = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        **(env or {}),
-    }
     done = subprocess.run(
-        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout, check=False
-    )
+        playbook_command(name, inventory, extra_vars, *args),
+        cwd=REPO, env=playbook_environment(env), capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
     return PlaybookRun(done.returncode, done.stdout + done.stderr)
 
 

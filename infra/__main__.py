@@ -49,6 +49,8 @@ store = ModelStore(
         noncurrent_version_days=settings.store.noncurrent_version_days,
         kms_key_arn=settings.store.kms_key_arn,
         force_destroy=settings.store.force_destroy,
+        pins=settings.pinned_versions,
+        pin_holder=f"stack-{pulumi.get_project()}-{pulumi.get_stack()}",
     ),
 )
 # Several models: the public load balancer forwards to the routers, which pick the model's group

@@ -22,7 +22,8 @@ HAPROXY_TEMPLATE = TEMPLATES / "router-haproxy.cfg.j2"
 CLOUD_INIT_TEMPLATE = TEMPLATES / "router-cloud-init.yaml.j2"
 ROUTE_HEADER = "x-model-route"
 ROUTER_PORT = 8080
-# The listing has no body: the router sends it to the first model (its replicas list their own).
+# The listing has no body: the router sends it to the first model, whose instances list every model
+# of the stack (server.listed_models, infra/userdata.py) that the key may use.
 LISTING_PATH = "/v1/models"
 MAXCONN = 4096
 # Room for header rewrites (tune.maxrewrite) above the body.

@@ -46,13 +46,16 @@ def boot_config(
     """What boot.py needs to serve fleet's model: where the bundle and the keys are, and the roles'
     variables. Role variables not set here keep the playbook's cloud defaults
     (playbooks/cloud-instance.yml)."""
+    listed = [model.name for model in settings.models if model.name != fleet.name] if settings.routed else []
     role_vars: dict[str, Any] = {
         "model_artifacts_registry": f"s3://{bucket}/{settings.store.registry_prefix}",
         "model_artifacts_ref": fleet.ref,
         "model_runtime_base_port": fleet.runtime_port,
-        # The role's default settings, with the stack's on top (checked by the runtime's model).
+        # The role's default settings, with the stack's on top (checked by the runtime's model). Behind
+        # the routing tier, GET /v1/models reaches one group: its instances list the others' models too.
         "model_runtime_settings": merged(
-            {"scheduler": {}, "logging": {"json": True}}, fleet.instance_settings
+            {"scheduler": {}, "logging": {"json": True}, "server": {"listed_models": listed}},
+            fleet.instance_settings,
         ),
         **fleet.engine_vars,
         # The queue depth and time to first token to CloudWatch, which the group's target tracking reads.

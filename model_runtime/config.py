@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from model_runtime.access import OPEN, KeyFileError, KeyPolicy, read_key_lines
+from model_runtime.access import MODEL_NAME, OPEN, KeyFileError, KeyPolicy, read_key_lines
 from model_runtime.errors import OperatorError
 
 ENV_PREFIX = "MODEL_RUNTIME_"
@@ -152,6 +152,11 @@ class ServerSettings(_Section):
     tokenizer_threads: int = Field(
         default=2, gt=0, description="Threads that tokenize prompts, off the event loop; more requests wait"
     )
+    listed_models: list[str] = Field(
+        default_factory=list,
+        description="Models served beside this one through the same endpoint (another instance group "
+        "behind a routing tier): GET /v1/models lists them too, to the keys that may use them",
+    )
     # The internal listener: /metrics, /admin and /openapi.json, apart from the API that clients reach.
     metrics_host: str = Field(
         default="127.0.0.1",
@@ -160,6 +165,15 @@ class ServerSettings(_Section):
     metrics_port: int = Field(
         default=9101, ge=0, le=65535, description="Port of the internal listener; not server.port"
     )
+
+    @field_validator("listed_models")
+    @classmethod
+    def _model_names(cls, value: list[str]) -> list[str]:
+        # The names a key's models= lists (model_runtime/access.py): the ones it is compared with.
+        for index, name in enumerate(value):
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"entry {index + 1} {name!r}: not a model name")
+        return value
 
     @field_validator("metrics_host")
     @classmethod

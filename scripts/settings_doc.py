@@ -51,12 +51,15 @@ server:
 
 
 def type_name(annotation: Any) -> str:
-    """`int | None` -> "integer or null"; `Literal["a", "b"]` -> "one of `a`, `b`"."""
+    """`int | None` -> "integer or null"; `Literal["a", "b"]` -> "one of `a`, `b`";
+    `list[str]` -> "list of strings"."""
     origin = get_origin(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{value}`" for value in get_args(annotation))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if arg is type(None) else type_name(arg) for arg in get_args(annotation))
+    if origin is list:
+        return f"list of {type_name(get_args(annotation)[0])}s"
     if annotation in TYPE_NAMES:
         return TYPE_NAMES[annotation]
     raise ValueError(f"no name for the type {annotation!r}; add it to TYPE_NAMES")
@@ -74,9 +77,11 @@ def bounds(field: FieldInfo) -> str:
 
 def default_text(field: FieldInfo) -> str:
     """The default as it would be written in the YAML file."""
-    value = field.default
+    value = field.get_default(call_default_factory=True)
     if value is PydanticUndefined:
         return "required"
+    if value == []:
+        return "`[]`"
     if value is None:
         return "`null`"
     if isinstance(value, bool):

@@ -17,7 +17,7 @@ from fleet_ops.cloud_scale import CloudError, describe_group, scale
 
 log = logging.getLogger("fleet_ops.autoscale")
 
-# The runner's exit status when another run holds the fleet's lock (flock -E 75).
+# The runner's exit status when another run holds the fleet's lock (callback_plugins/fleet_lock.py).
 LOCK_HELD = 75
 # What a cloud action that AWS refused exits with (like a failed run).
 CLOUD_FAILED = 1

@@ -10,10 +10,12 @@ overwritten, and the ones whose history matters.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+
+from model_runtime.registry.registry import pin_key, pin_record
 
 
 @dataclass
@@ -24,6 +26,10 @@ class ModelStoreArgs:
     noncurrent_version_days: int
     kms_key_arn: str | None = None
     force_destroy: bool = False
+    # model name -> the versions the stack's instances boot from (pinned NAME:VERSION references), kept
+    # from `registry gc` by a pin object of the stack's own (pin_holder), which goes with the stack.
+    pins: dict[str, list[str]] = field(default_factory=dict)
+    pin_holder: str = ""
 
 
 def tls_only_policy(bucket_arn: str) -> str:
@@ -119,6 +125,16 @@ class ModelStore(pulumi.ComponentResource):
             policy=bucket.arn.apply(tls_only_policy),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
         )
+
+        for model, versions in sorted(args.pins.items()):
+            aws.s3.BucketObjectv2(
+                f"{name}-pin-{model}",
+                bucket=bucket.id,
+                key=f"{args.registry_prefix}/{pin_key(model, args.pin_holder)}",
+                content=json.dumps(pin_record(versions), indent=2),
+                content_type="application/json",
+                opts=child,
+            )
 
         self.bucket_name = bucket.bucket
         self.bucket_arn = bucket.arn

@@ -22,6 +22,7 @@ from infra.config.errors import PROJECT, config_error
 from infra.config.models import ModelConfig, as_model_list, unique_names, where_written
 from infra.config.sections import EndpointConfig, NetworkConfig, RouterConfig, StoreConfig
 from infra.config.values import ApiKeysSource, KmsKeyArn, ModelRef, RuntimeRelease, Section, Sha256
+from model_runtime.registry.trust import split_ref
 
 
 class StackConfig(Section):
@@ -68,6 +69,12 @@ class StackConfig(Section):
         the group, which the load balancer cannot read (docs/cloud.md, "Several models"). With one,
         the load balancer forwards to its group directly."""
         return len(self.models) > 1
+
+    @property
+    def pinned_versions(self) -> dict[str, list[str]]:
+        """model name -> [version], for each model whose reference pins NAME:VERSION (instances boot
+        from that version whatever the aliases do; `registry gc` must keep it)."""
+        return {model.name: [version] for model in self.models if (version := split_ref(model.ref)[1])}
 
     @property
     def runtime_port(self) -> int:

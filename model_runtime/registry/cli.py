@@ -92,8 +92,27 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pin(args: argparse.Namespace) -> int:
+    _print(_registry(args).pin(args.name, args.holder, args.versions))
+    return 0
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    _registry(args).unpin(args.name, args.holder)
+    print(f"{args.name}: {args.holder} pins nothing now")
+    return 0
+
+
+def _pins(args: argparse.Namespace) -> int:
+    _print(_registry(args).pins(args.name))
+    return 0
+
+
 def _gc(args: argparse.Namespace) -> int:
-    removed = _registry(args).gc(args.name, args.keep)
+    registry = _registry(args)
+    for holder, versions in registry.pins(args.name).items():
+        print(f"kept for {holder}: " + ", ".join(f"{args.name}:{v}" for v in versions))
+    removed = registry.gc(args.name, args.keep)
     print("\n".join(f"removed {args.name}:{v}" for v in removed) or "nothing to remove")
     return 0
 
@@ -165,7 +184,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     rollback.add_argument("alias")
     rollback.set_defaults(run=_rollback)
 
-    gc = verbs.add_parser("gc", help="delete old versions (never one an alias uses or can roll back to)")
+    _register_pins(verbs)
+
+    gc = verbs.add_parser(
+        "gc", help="delete old versions (never one an alias uses or can roll back to, nor a pinned one)"
+    )
     gc.add_argument("name")
     gc.add_argument("--keep", type=int, default=5, help="newest versions kept (default 5)")
     gc.set_defaults(run=_gc)
@@ -177,6 +200,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     conversion.add_argument("--min-agreement", type=float, default=0.9, help="top-1 agreement needed (0-1)")
     conversion.add_argument("--eval-text", type=Path, help="held-out text (default: the demo corpus)")
     conversion.set_defaults(run=_convert)
+
+
+def _register_pins(verbs: argparse._SubParsersAction) -> None:
+    pin = verbs.add_parser("pin", help="keep versions for a deployment: HOLDER's whole list, replaced")
+    pin.add_argument("name")
+    pin.add_argument("holder", help="who depends on them (a stack, a fleet): one pin each")
+    pin.add_argument("versions", nargs="*", help="the versions it runs or may return to")
+    pin.set_defaults(run=_pin)
+
+    unpin = verbs.add_parser("unpin", help="drop a holder's pin (a deployment that is gone)")
+    unpin.add_argument("name")
+    unpin.add_argument("holder")
+    unpin.set_defaults(run=_unpin)
+
+    pins = verbs.add_parser("pins", help="the pins of a model: holder -> versions")
+    pins.add_argument("name")
+    pins.set_defaults(run=_pins)
 
 
 def _checked_ref(ref: str) -> str:

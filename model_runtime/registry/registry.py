@@ -5,10 +5,14 @@ Layout under the store's root, per model name:
     <name>/versions/<version>/files/<path...>   the model's files, uploaded first
     <name>/versions/<version>/manifest.json     written last: the version exists once this exists
     <name>/aliases/<alias>.json                  {"version", "history", "updated"}: one atomic object
+    <name>/pins/<holder>.json                    {"versions", "updated"}: what a deployment (a stack,
+                                                 an inventory's fleet) runs or may return to
 
 A version is immutable and named by the time of its push plus a random suffix, so two concurrent
 pushes of the same name land as two versions. An alias moves by rewriting its one object, so a reader
 sees the old target or the new one, never half a promotion; its history makes rollback one step back.
+A pin is its holder's whole list, rewritten at each of its deployments: gc never deletes a pinned
+version (an instance that boots from a pinned NAME:VERSION, a release record's previous version).
 Two writers of one alias cannot lose each other's move: each rewrite is conditional on the object
 being the one it read (registry/stores.py), and the loser reads again and retries.
 References: NAME (the `stable` alias), NAME@ALIAS, NAME:VERSION.
@@ -45,6 +49,7 @@ from model_runtime.registry.trust import (
     alias_problems,
     check_name,
     name_problem,
+    pin_problems,
     split_ref,
 )
 
@@ -55,6 +60,15 @@ ALIAS_WRITE_ATTEMPTS = 20
 
 class RegistryError(OperatorError, ValueError):
     """A reference that does not resolve, a refused operation; the message says which."""
+
+
+def pin_key(name: str, holder: str) -> str:
+    return f"{name}/pins/{holder}.json"
+
+
+def pin_record(versions: list[str], **extra: Any) -> dict[str, Any]:
+    """A pin object's content (written by `registry pin`, the playbooks and the cloud stack alike)."""
+    return {"versions": sorted(set(versions)), **extra}
 
 
 def new_version() -> str:
@@ -143,6 +157,25 @@ class Registry:
             raise RegistryError(f"{self.store.url}: {key}: refused: " + "; ".join(problems))
         return record, tag
 
+    def pins(self, name: str) -> dict[str, list[str]]:
+        """holder -> the versions it pins. A pin that cannot be read is an error, not an empty pin:
+        gc must not delete what an unreadable pin may protect."""
+        _names(name=name)
+        objects = self.store.children(f"{name}/pins")
+        pins = {}
+        for holder in sorted(o.removesuffix(".json") for o in objects if o.endswith(".json")):
+            key = pin_key(name, holder)
+            try:
+                data = self.store.read_bytes(key)
+            except KeyError:  # unpinned since the listing
+                continue
+            record = _json(data, f"{self.store.url}: {key}")
+            problems = pin_problems(record) + [p for p in [name_problem(holder, "holder")] if p]
+            if problems:
+                raise RegistryError(f"{self.store.url}: {key}: refused: " + "; ".join(problems))
+            pins[holder] = list(record["versions"])
+        return pins
+
     def resolve(self, ref: str) -> tuple[str, str]:
         """A reference -> (name, version) of a committed version."""
         name, version, alias = parse_ref(ref)
@@ -215,13 +248,30 @@ class Registry:
             "attempts; nothing was changed by this one, try again"
         )
 
+    def pin(self, name: str, holder: str, versions: list[str]) -> dict[str, Any]:
+        """Record the versions holder depends on (its whole list: the previous one is replaced).
+        Versions that are not in the registry (a fleet's own builds) may be pinned: nothing to keep."""
+        _names(name=name, holder=holder)
+        for index, version in enumerate(versions):
+            _names(**{f"versions[{index}]": version})
+        record = pin_record(versions, updated=_now())
+        self.store.write_bytes(pin_key(name, holder), json.dumps(record, indent=2).encode())
+        return record
+
+    def unpin(self, name: str, holder: str) -> None:
+        _names(name=name, holder=holder)
+        self.store.delete(pin_key(name, holder))
+
     def gc(self, name: str, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions, never one an alias points to or can roll back to."""
+        """Delete all but the newest `keep` versions, never one an alias points to or can roll back to,
+        nor one a deployment pins."""
         _names(name=name)
         protected = set()
         for record in self.aliases(name).values():
             protected.add(record.get("version"))
             protected.update(record.get("history", []))
+        for versions in self.pins(name).values():
+            protected.update(versions)
         versions = self.versions(name)
         doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
         for version in doomed:

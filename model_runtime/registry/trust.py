@@ -135,6 +135,16 @@ def alias_problems(record: object) -> list[str]:
     return [p for p in problems if p]
 
 
+def pin_problems(record: object) -> list[str]:
+    """Every problem of a pin record ({"versions", ...}) read from a store."""
+    if not isinstance(record, dict):
+        return ["the pin record is not a JSON object"]
+    versions = record.get("versions")
+    if not isinstance(versions, list):
+        return [f"versions {versions!r}: not a list"]
+    return [p for p in (name_problem(v, f"versions[{i}]") for i, v in enumerate(versions)) if p]
+
+
 def split_ref(ref: object) -> tuple[str, str | None, str | None]:
     """NAME, NAME@ALIAS or NAME:VERSION -> (name, version, alias); a bare NAME means NAME@stable."""
     if not isinstance(ref, str):

@@ -265,7 +265,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "model-runtime"
     version: str | None = None
-    max_model_len: int
+    # Unknown (None) for a model that another instance group serves (server.listed_models).
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):

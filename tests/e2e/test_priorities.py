@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 
 INTERACTIVE_KEY = "interactive-key-0123456789"
 BATCH_KEY = "batch-key-0123456789"
-ELSEWHERE_KEY = "elsewhere-key-0123456789"  # may use a model this server does not serve
+ELSEWHERE_KEY = "elsewhere-key-0123456789"  # may use only a model that another group serves
+# Served beside this one through the same endpoint (server.listed_models); "demo" is this server's own.
+LISTED_MODELS = ["demo-int8", "demo"]
 ENDLESS = {"ignore_eos": True}  # every request runs to its max_tokens
 
 
@@ -40,7 +42,7 @@ def server(
     )
     keys.chmod(0o600)
     settings = engine_settings(request.param, request)
-    settings.setdefault("server", {})["api_keys_file"] = str(keys)
+    settings.setdefault("server", {}).update({"api_keys_file": str(keys), "listed_models": LISTED_MODELS})
     settings.setdefault("scheduler", {}).update({"max_batch_size": 1, "max_queue": 8})
     process = RuntimeProcess(medium_llama, workdir, settings, name="demo").start(timeout=600)
     yield process
@@ -49,12 +51,18 @@ def server(
 
 def test_a_key_sees_and_uses_only_its_models(server: RuntimeProcess) -> None:
     elsewhere = server.client(api_key=ELSEWHERE_KEY)
-    assert [m.id for m in elsewhere.models.list()] == []
-    with pytest.raises(openai.NotFoundError) as refused:
-        elsewhere.completions.create(model="demo", prompt="This License", max_tokens=2)
-    assert refused.value.body["code"] == "model_not_found"  # as for a model that does not exist
-    assert refused.value.body["param"] == "model"
+    # The listed model, which another group serves: no version or context length known here.
+    (card,) = elsewhere.models.list()
+    assert (card.id, card.version, card.max_model_len) == ("demo-int8", None, None)
+    for model in ("demo", "demo-int8"):  # not its model; not served here (the router sends it elsewhere)
+        with pytest.raises(openai.NotFoundError) as refused:
+            elsewhere.completions.create(model=model, prompt="This License", max_tokens=2)
+        assert refused.value.body["code"] == "model_not_found"  # as for a model that does not exist
+        assert refused.value.body["param"] == "model"
     assert [m.id for m in server.client(api_key=BATCH_KEY).models.list()] == ["demo"]
+    everything = server.client().models.list().data
+    assert [m.id for m in everything] == ["demo", "demo-int8"]  # its own once, with what it knows of it
+    assert everything[0].max_model_len
 
 
 def wait_for_depth(server: RuntimeProcess, priority: str, depth: int, timeout_s: float = 60) -> None:

@@ -25,8 +25,10 @@ import openai
 import pytest
 import testinfra
 
+from callback_plugins.fleet_lock import LOCK_NAME, FleetLock, holder_of
 from harness import REPO
 from harness.playbooks import ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
+from model_runtime.registry.registry import Registry
 from module_utils.haproxy_runtime import model_server_rows
 from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
@@ -395,6 +397,16 @@ def test_deploy_a_model_from_the_registry_by_alias(fleet: dict, hosts: TestHosts
             ).read_text()
         )
         assert all("url" not in entry for entry in kept["files"])  # fetch URLs are not part of the version
+    # The fleet pins what it runs (and may roll back to), so that the registry's gc keeps it: a second
+    # version it does not run is collected, the pinned one stays, though no alias reaches it any more.
+    registry_of = Registry.open(str(registry))
+    (pinned,) = registry_of.pins("demo").values()
+    assert version in pinned, pinned
+    newer = registry_of.push("demo", fleet["model"])["version"]
+    registry_of.promote("demo", newer, "stable")
+    registry_of.store.delete("demo/aliases/stable.json")
+    assert registry_of.gc("demo", keep=0) == [newer]
+    assert registry_of.versions("demo") == [version]
 
 
 def fab(fleet: dict, *args: str) -> subprocess.CompletedProcess:
@@ -436,6 +448,16 @@ def lb_states(fleet: dict) -> dict[str, str]:
 
 
 def test_fab_drain_and_enable(fleet: dict) -> None:
+    # While another run holds the fleet's lock, Fabric's state-changing tasks change nothing.
+    held = FleetLock(Path(fleet["inventory"]).parent / LOCK_NAME)
+    held.acquire(holder_of("upgrade.yml", {"MODEL_RUNTIME_RUN_ID": "manual-upgrade-3"}))
+    try:
+        refused = fab(fleet, "drain", "b")
+    finally:
+        held.release()
+    assert refused.returncode != 0
+    assert "is held by run manual-upgrade-3 (upgrade.yml" in refused.stdout + refused.stderr
+    assert lb_states(fleet)["b-1"] == "UP"
     drained = fab(fleet, "drain", "b")
     assert drained.returncode == 0, drained.stdout[-3000:] + drained.stderr
     assert "b-1: DRAIN at a, 0 sessions" in drained.stdout

@@ -52,9 +52,9 @@ def test_a_drain_waits_for_the_sessions_and_fails_when_they_stay(balancer: tuple
 
 def test_unknown_servers_and_states_are_refused(balancer: tuple) -> None:
     api, _, _ = balancer
-    with pytest.raises(HAProxyError, match="no server pool/s-9"):
+    with pytest.raises(HAProxyError, match="no server pool-demo/s-9"):
         api.server("s-9")
-    with pytest.raises(HAProxyError, match="refused to set pool/s-9"):
+    with pytest.raises(HAProxyError, match="refused to set pool-demo/s-9"):
         api.set_state("s-9", "drain")
     with pytest.raises(ValueError, match="state must be one of"):
         api.set_state("s-1", "up")

@@ -23,11 +23,12 @@ import httpx
 import openai
 import pytest
 
+from callback_plugins.fleet_lock import LOCK_HELD, LOCK_NAME, FleetLock, holder_of
 from fleet_ops.cloud_scale import describe_group
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness import REPO
 from harness.dashboard import dashboard_queries
-from harness.fleet import DEMO_ONLY, KEY, LOAD_PAUSE_S, LocalFleet, running_under
+from harness.fleet import DEMO_ONLY, KEY, LOAD_PAUSE_S, LOCAL, LocalFleet, running_under
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
@@ -424,24 +425,36 @@ def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: Loc
         assert end < warm * 1.25 + 64, result.memory_mb
 
 
-def test_a_scheduled_scale_run_is_a_cron_job_under_flock_and_drops_nothing(fleet: LocalFleet) -> None:
-    """The evening schedule's cron command, run as cron would, under load: 2 replicas down to 1."""
+def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fleet: LocalFleet) -> None:
+    """The evening schedule's cron command, run as cron would: skipped while another run holds the
+    fleet's lock; then, under load, 2 replicas down to 1."""
     cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
     jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
     assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
     assert jobs["weekday-mornings"].startswith("0 8 * * 1-5 ")
     assert jobs["sunday-upgrade"].startswith("0 3 * * 0 ")
     assert jobs["evenings"].endswith(" scale.yml -e replicas=1 -e model=demo")  # the schedule names its model
-    runner = fleet.prefix / "var/lib/model-runtime/schedules/fleet-run"
-    assert "flock -n" in runner.read_text()
     # The entry's command (minus the schedule and user fields), with the fleet's settings from a file.
     command = jobs["evenings"].split(None, 6)[6]
+    log_file = fleet.prefix / "var/log/model-runtime/schedules/evenings.log"
+    before = fleet.releases()
+    held = FleetLock(LOCAL / LOCK_NAME)
+    held.acquire(holder_of("upgrade.yml", {"MODEL_RUNTIME_RUN_ID": "manual-upgrade-7"}))
+    try:
+        skipped = subprocess.run(f"{command} -e @{fleet.settings_file()}", shell=True, capture_output=True,  # noqa: S602
+                                 text=True, check=False)  # fmt: skip
+    finally:
+        held.release()
+    assert skipped.returncode == LOCK_HELD
+    assert "is held by run manual-upgrade-7 (upgrade.yml" in log_file.read_text()
+    assert "skipped: another run holds the fleet's lock" in log_file.read_text()
+    assert fleet.releases() == before  # nothing changed
     with fleet.load(pause_s=LOAD_PAUSE_S) as traffic:
         traffic.wait_for(20)
         done = subprocess.run(f"{command} -e @{fleet.settings_file()}", shell=True, capture_output=True,  # noqa: S602
                               text=True, check=False)  # fmt: skip
         traffic.wait_for(len(traffic.outcomes) + 20)
-    log = (fleet.prefix / "var/log/model-runtime/schedules/evenings.log").read_text()
+    log = log_file.read_text()
     status = (fleet.prefix / "var/lib/model-runtime/schedules/evenings.status").read_text().split()[0]
     assert done.returncode == 0, log[-3000:]
     assert status == "0"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from model_runtime.cli import main
 from model_runtime.registry import registry as registry_module
 from model_runtime.registry import stores
 from model_runtime.registry.registry import Registry, RegistryError
@@ -72,6 +73,59 @@ def test_gc_keeps_the_newest_and_everything_an_alias_can_reach(registry: Registr
     removed = registry.gc("demo", keep=2)
     assert removed == [versions[2]]
     assert registry.versions("demo") == [versions[0], versions[1], versions[3], versions[4]]
+
+
+def test_gc_keeps_what_a_deployment_pins(registry: Registry, tmp_path: Path) -> None:
+    versions = [registry.push("demo", model_folder(tmp_path / f"m{i}", i))["version"] for i in range(5)]
+    # A stack boots instances from demo:versions[0]; a fleet runs versions[1] and may return to versions[2].
+    registry.pin("demo", "stack-prod", [versions[0]])
+    registry.pin("demo", "fleet-metal", [versions[2], versions[1], versions[1]])
+    assert registry.pins("demo") == {"fleet-metal": [versions[1], versions[2]], "stack-prod": [versions[0]]}
+    assert registry.gc("demo", keep=1) == [versions[3]]
+    # A fleet's next deployment replaces its list: what it no longer runs is free to go.
+    registry.pin("demo", "fleet-metal", [versions[2]])
+    registry.unpin("demo", "stack-prod")
+    assert registry.gc("demo", keep=1) == [versions[0], versions[1]]
+    assert registry.versions("demo") == [versions[2], versions[4]]
+
+
+def test_pins_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(tmp_path / "registry")
+    versions = [
+        Registry.open(root).push("demo", model_folder(tmp_path / f"m{i}", i))["version"] for i in range(3)
+    ]
+    assert main(["registry", "--registry", root, "pin", "demo", "fleet-metal", versions[0]]) == 0
+    assert main(["registry", "--registry", root, "gc", "demo", "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept for fleet-metal: demo:{versions[0]}\nremoved demo:{versions[1]}\n" in out
+    assert main(["registry", "--registry", root, "unpin", "demo", "fleet-metal"]) == 0
+    assert main(["registry", "--registry", root, "pins", "demo"]) == 0
+    assert capsys.readouterr().out.endswith("{}\n")
+    assert main(["registry", "--registry", root, "pin", "demo", "fleet-metal", "../etc"]) == 2
+    assert "versions[0] '../etc': not a name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("record", "says"),
+    [
+        (b"[]", "not a JSON object"),
+        (b'{"versions": "20261203-000000.000000-abcdef"}', "not a list"),
+        (b'{"versions": ["../../etc"]}', "versions[0] '../../etc': not a name"),
+        (b"{", "not valid JSON"),
+    ],
+)
+def test_gc_refuses_while_a_pin_cannot_be_read(
+    registry: Registry, tmp_path: Path, record: bytes, says: str
+) -> None:
+    """Whoever can write to the store may plant a pin: a bad one stops gc (it might protect something),
+    and deletes nothing."""
+    old, new = (registry.push("demo", model_folder(tmp_path / f"m{i}", i))["version"] for i in range(2))
+    registry.store.write_bytes("demo/pins/fleet-x.json", record)
+    with pytest.raises(RegistryError, match=re.escape(says)):
+        registry.gc("demo", keep=1)
+    assert registry.versions("demo") == [old, new]
+    with pytest.raises(RegistryError, match=re.escape("holder '../x': not a name")):
+        registry.pin("demo", "../x", [old])
 
 
 def test_a_corrupted_byte_is_caught_on_pull_and_nothing_is_left(registry: Registry, tmp_path: Path) -> None:

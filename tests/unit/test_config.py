@@ -82,6 +82,11 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
             {},
             "model.engine: Input should be 'auto', 'builtin' or 'vllm'",
         ),
+        (
+            "model: {path: /m}\nserver: {listed_models: [demo, ../etc]}\n",
+            {},
+            "server.listed_models: entry 2 '../etc': not a model name",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, named: str) -> None:

@@ -17,6 +17,7 @@ from filter_plugins.models import (
     model_not_found_body,
     model_problems,
     models_for_host,
+    record_versions,
     releases,
     wanted_name,
 )
@@ -146,3 +147,21 @@ def test_each_key_sees_the_served_models_it_may_use_and_no_key_is_in_the_map() -
     assert [m["id"] for m in seen[key_id("sk-int8")]["data"]] == ["demo-int8"]  # demo-fp8 is not served
     assert seen[key_id("sk-all")]["object"] == "list"
     assert all("sk-" not in line for line in lines)
+
+
+def test_a_pin_keeps_what_any_instance_runs_or_may_roll_back_to() -> None:
+    records = [
+        {
+            "instances": {
+                "1": {"model": "demo", "model_version": "v2"},
+                "2": {"model": "chat", "model_version": "c1"},
+            },
+            "previous": {"1": {"model": "demo", "model_version": "v1"}},
+        },
+        {"instances": {"1": {"model": "demo", "model_version": "v3", "state": "scaled-in"}}},
+        {},  # a host that runs nothing yet
+        {"instances": {"1": {"model": "demo", "model_version": ""}}},  # a record from before versions
+    ]
+    assert record_versions(records, "demo") == ["v1", "v2", "v3"]
+    assert record_versions(records, "chat") == ["c1"]
+    assert record_versions(records, "other") == []

@@ -61,6 +61,12 @@ def test_each_model_has_its_own_group_target_group_and_reference() -> None:
         # Each group tracks its own model's queue.
         dimension = boot_vars(run, f"gpu-{name}-lt")["cloud_metrics_dimensions"]
         assert dimension == {"Fleet": f"model-runtime-multi-{name}"}
+    # GET /v1/models reaches one group: each lists the other's model beside its own.
+    listed = {
+        name: boot_vars(run, f"gpu-{name}-lt")["model_runtime_settings"]["server"]
+        for name in ("demo", "chat")
+    }
+    assert listed == {"demo": {"listed_models": ["chat"]}, "chat": {"listed_models": ["demo"]}}
     # The model's own sizes and types over the shared fleet settings.
     demo, chat = groups["gpu-demo-asg"].inputs, groups["gpu-chat-asg"].inputs
     assert (demo["minSize"], demo["desiredCapacity"], demo["maxSize"]) == (1, 2, 6)
@@ -131,6 +137,7 @@ def test_one_model_in_the_list_form_is_the_one_model_stack() -> None:
     assert listed.outputs["autoscalingGroupName"] == plain.outputs["autoscalingGroupName"] == "gpu-asg"
     assert listed.outputs["autoscalingGroupNames"] == {"demo": "gpu-asg"}
     assert not [r for r in plain.resources if r.name.startswith("router")]
+    assert boot_vars(plain, "gpu-lt")["model_runtime_settings"]["server"] == {"listed_models": []}
 
 
 @pytest.mark.parametrize(

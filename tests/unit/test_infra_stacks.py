@@ -8,6 +8,7 @@ import gzip
 import json
 from collections import Counter
 from functools import cache
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,8 @@ import yaml
 from infra.facts import REPO, RUNTIME_PORT
 from infra.policy.rules import check_stack
 from infra.userdata import BOOT_CONFIG_PATH, BOOT_SCRIPT_PATH, USER_DATA_LIMIT
+from model_runtime.registry.registry import Registry
+from model_runtime.registry.stores import LocalStore
 from tests.support.pulumi_mocks import LOOKED_UP_AMI, ProgramRun, run_program
 
 # pulumi_aws warns, as it loads, about resource types this program does not use.
@@ -362,6 +365,24 @@ def test_the_bucket_is_versioned_encrypted_private_and_tls_only() -> None:
     assert deny["Effect"] == "Deny"
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert deny["Resource"] == [bucket.state["arn"], f"{bucket.state['arn']}/*"]
+
+
+@pytest.mark.parametrize(("stack", "pinned"), [("prod", ["20261128-101500.000000-a1b2c3"]), ("dev", None)])
+def test_a_pinned_model_version_is_kept_from_gc_by_the_stack(
+    stack: str, pinned: list[str] | None, tmp_path: Path
+) -> None:
+    """prod boots demo:VERSION: the stack pins that version in the registry (dev follows an alias, whose
+    history gc keeps anyway). The object is what the registry itself reads as a pin."""
+    objects = program(stack).of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    if pinned is None:
+        assert objects == []
+        return
+    (pin,) = objects
+    holder = f"stack-model-runtime-{stack}"
+    assert pin.inputs["key"] == f"registry/demo/pins/{holder}.json"
+    (tmp_path / "demo" / "pins").mkdir(parents=True)
+    (tmp_path / "demo" / "pins" / f"{holder}.json").write_text(pin.inputs["content"])
+    assert Registry(LocalStore(tmp_path)).pins("demo") == {holder: pinned}
 
 
 def test_the_instance_role_reads_the_bucket_and_its_keys_and_nothing_more() -> None:
