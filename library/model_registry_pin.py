@@ -10,7 +10,7 @@ description:
   - Writes the holder's pin of one model (model_runtime/registry/registry.py): its whole list of
     versions, replacing the one before, so that C(model-runtime registry gc) never deletes a version an
     instance runs or a rollback returns to. Versions the registry does not hold (a fleet's own builds
-    from a source) may be listed: gc has nothing of theirs to keep.
+    from a source) may be listed: gc has nothing of theirs to keep. An empty list removes the pin.
   - Runs where the registry is reachable with credentials (delegate_to the control node), with the
     model_runtime package in its Python. Changed only when the list differs from the pin's.
 options:
@@ -63,9 +63,15 @@ def main() -> None:
     wanted = pin_record(module.params["versions"])["versions"]
     try:
         registry = Registry.open(module.params["registry"])
-        changed = registry.pins(name).get(holder) != wanted
+        pinned = registry.pins(name).get(holder)
+        # Nothing to keep: no pin at all (an empty one would put a model the registry does not hold
+        # into its listing).
+        changed = pinned != wanted and (pinned is not None or bool(wanted))
         if changed and not module.check_mode:
-            registry.pin(name, holder, wanted)
+            if wanted:
+                registry.pin(name, holder, wanted)
+            else:
+                registry.unpin(name, holder)
     except Exception as exc:  # the registry's own errors name the holder, the version or the object
         module.fail_json(msg=f"{where}: {exc}")
     module.exit_json(changed=changed, versions=wanted)
