@@ -72,6 +72,30 @@ def web_egress(name: str, security_group_id: pulumi.Input[str], opts: pulumi.Res
         )
 
 
+def group_rule(
+    name: str,
+    security_group_id: pulumi.Input[str],
+    port: pulumi.Input[int],
+    other_group_id: pulumi.Input[str],
+    description: str,
+    opts: pulumi.ResourceOptions,
+    *,
+    egress: bool = False,
+) -> None:
+    """One TCP port between two security groups: in from the other group, or (egress) out to it."""
+    rule = aws.vpc.SecurityGroupEgressRule if egress else aws.vpc.SecurityGroupIngressRule
+    rule(
+        name,
+        security_group_id=security_group_id,
+        ip_protocol="tcp",
+        from_port=port,
+        to_port=port,
+        referenced_security_group_id=other_group_id,
+        description=description,
+        opts=opts,
+    )
+
+
 def fixed_response(error: APIError) -> list[dict]:
     """A listener's answer of its own, in the runtime's error envelope."""
     return [
@@ -143,25 +167,23 @@ class Endpoint(pulumi.ComponentResource):
                     **({"cidr_ipv6": cidr} if ":" in cidr else {"cidr_ipv4": cidr}),
                     opts=child,
                 )
-        aws.vpc.SecurityGroupEgressRule(
+        port = args.runtime_port
+        group_rule(
             f"{name}-lb-to-instances",
-            security_group_id=lb_sg.id,
-            ip_protocol="tcp",
-            from_port=args.runtime_port,
-            to_port=args.runtime_port,
-            referenced_security_group_id=instance_sg.id,
-            description="to the runtime port",
-            opts=child,
+            lb_sg.id,
+            port,
+            instance_sg.id,
+            "to the runtime port",
+            child,
+            egress=True,
         )
-        aws.vpc.SecurityGroupIngressRule(
+        group_rule(
             f"{name}-instances-from-lb",
-            security_group_id=instance_sg.id,
-            ip_protocol="tcp",
-            from_port=args.runtime_port,
-            to_port=args.runtime_port,
-            referenced_security_group_id=lb_sg.id,
-            description="the runtime port, from the load balancer",
-            opts=child,
+            instance_sg.id,
+            port,
+            lb_sg.id,
+            "the runtime port, from the load balancer",
+            child,
         )
         web_egress(f"{name}-instances", instance_sg.id, child)
         target_group = runtime_target_group(

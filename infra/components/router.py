@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.components.endpoint import FORWARDED_PATHS, fixed_response, runtime_target_group, web_egress
+from infra.components.endpoint import (
+    FORWARDED_PATHS,
+    fixed_response,
+    group_rule,
+    runtime_target_group,
+    web_egress,
+)
 from infra.components.gpu_fleet_template import find_ami
 from infra.config.models import ModelConfig
 from infra.config.sections import RouterConfig
@@ -133,25 +139,15 @@ class ModelRouter(pulumi.ComponentResource):
             ),
         )
         for rule, group_id, port, source, description in rules:
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-{rule}",
-                security_group_id=group_id,
-                ip_protocol="tcp",
-                from_port=port,
-                to_port=port,
-                referenced_security_group_id=source,
-                description=description,
-                opts=child,
-            )
-        aws.vpc.SecurityGroupEgressRule(
+            group_rule(f"{name}-{rule}", group_id, port, source, description, child)
+        group_rule(
             f"{name}-lb-to-gpu",
-            security_group_id=lb_sg.id,
-            ip_protocol="tcp",
-            from_port=args.runtime_port,
-            to_port=args.runtime_port,
-            referenced_security_group_id=gpu_sg.id,
-            description="to the runtime port",
-            opts=child,
+            lb_sg.id,
+            args.runtime_port,
+            gpu_sg.id,
+            "to the runtime port",
+            child,
+            egress=True,
         )
         web_egress(f"{name}-gpu", gpu_sg.id, child)
         return lb_sg, gpu_sg
