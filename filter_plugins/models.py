@@ -14,7 +14,6 @@ standard-library modules and no more (infra/boot.py): so they import nothing els
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -164,9 +163,6 @@ def releases(
     }
 
 
-_NAME_HOLE = "@@model@@"
-
-
 def record_versions(records: Sequence[object], model: str) -> list[str]:
     """The versions of `model` that the hosts' release records say an instance runs, or returns to on
     a rollback (each instance's previous release): what a registry pin must keep."""
@@ -185,14 +181,14 @@ def record_versions(records: Sequence[object], model: str) -> list[str]:
     return sorted(versions)
 
 
-def model_not_found_body(name_format: str) -> str:
-    """The runtime's 404 body for an unknown model (model_runtime.server.errors.model_not_found), its
-    name given by name_format (an HAProxy log-format expression that writes it escaped for a JSON
-    string). For the loadbalancer role's template only, on the control node: the runtime's server
-    modules (FastAPI) are imported here, not where a cloud instance's boot loads these filters."""
-    from model_runtime.server.errors import model_not_found
+def model_not_found_body(name_expression: str) -> str:
+    """The runtime's 404 body for an unknown model, the name written by name_expression (an HAProxy
+    log-format expression). For the loadbalancer role's template only, on the control node: the
+    runtime's server modules (FastAPI) are imported here, not where a cloud instance's boot loads these
+    filters."""
+    from model_runtime.server.errors import model_not_found_body as body
 
-    return json.dumps(model_not_found(_NAME_HOLE).body()).replace(_NAME_HOLE, name_format)
+    return body(name_expression)
 
 
 class FilterModule:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra.facts import READY_PATH
 from infra.userdata import render
-from model_runtime.server.errors import APIError, bad_request, model_not_found
+from model_runtime.server.errors import APIError, bad_request, model_not_found_body
 
 TEMPLATES = Path(__file__).parent / "templates"
 HAPROXY_TEMPLATE = TEMPLATES / "router-haproxy.cfg.j2"
@@ -28,7 +28,6 @@ LISTING_PATH = "/v1/models"
 MAXCONN = 4096
 # Room for header rewrites (tune.maxrewrite) above the body.
 REWRITE_ROOM = 16 * 1024
-_NAME_HOLE = "@@model@@"
 
 
 def quoted(text: str) -> str:
@@ -44,8 +43,6 @@ def haproxy_config(names: Sequence[str], internal_dns: str, *, body_limit_kib: i
     """names: the models, the first also answering the listing; internal_dns: the internal load
     balancer's name; timeout_s: the longest a response may take (streams included)."""
     body_limit = body_limit_kib * 1024
-    # The model's name goes in through HAProxy's json converter (escaped for a JSON string).
-    head, tail = _body(model_not_found(_NAME_HOLE)).split(_NAME_HOLE)
     too_large = APIError(413, f"The request body is larger than {body_limit_kib} KiB.", code="body_too_large")
     return render(
         HAPROXY_TEMPLATE,
@@ -62,7 +59,8 @@ def haproxy_config(names: Sequence[str], internal_dns: str, *, body_limit_kib: i
         listing_model=names[0],
         missing=quoted(_body(bad_request("you must provide a model parameter", param="model"))),
         names=list(names),
-        not_found=quoted(head + "%[var(txn.model),json(utf8s)]" + tail),
+        # The model's name goes in through HAProxy's json converter (escaped for a JSON string).
+        not_found=quoted(model_not_found_body("%[var(txn.model),json(utf8s)]")),
         internal_dns=internal_dns,
     )
 

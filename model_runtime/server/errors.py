@@ -6,6 +6,7 @@ exception fixed in one table below, so that the same failure always looks the sa
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -80,6 +81,13 @@ def model_not_found(name: str) -> APIError:
     """A model this runtime does not serve, or one the key may not use; the load balancers that route by
     model answer the same for a model the fleet does not serve."""
     return APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+
+
+def model_not_found_body(name_expression: str) -> str:
+    """model_not_found's body as JSON text, name_expression in place of the name: a load balancer's
+    expression that writes the requested name escaped for a JSON string (HAProxy's json converter)."""
+    hole = "@@model@@"
+    return json.dumps(model_not_found(hole).body()).replace(hole, name_expression)
 
 
 def not_ready(reason: str, retry_after: float = 5) -> APIError:
