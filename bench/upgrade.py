@@ -3,9 +3,11 @@
 Brings up the embedded default with 3 replicas behind HAProxy (site.yml on inventories/local, under a
 temporary prefix), then rolls a new runtime release and a new model version through it
 (playbooks/upgrade.yml) under constant client load through HAProxy (4 clients, streaming and not),
-and prints: the upgrade's wall time, each instance's cycle split into drain, stop, install, start to
-ready, smoke and enable (from the playbook's own `cycle:` lines), and the requests served and failed
-while it ran. The fleet is stopped at the end.
+and prints: the upgrade's wall time, each instance's cycle split into drain, stop, install and start,
+to ready, smoke and enable (from the playbook's own `cycle:` lines), the runtime's own part of it (its
+process spawned to its `ready` log line: imports, model load, warm-up, from supervisord's and the
+instance's logs), Ansible's share of the cycle (what is neither drain, the runtime's start nor the
+smoke test), and the requests served and failed while it ran. The fleet is stopped at the end.
 
     .venv/bin/python bench/upgrade.py   (or -m bench.upgrade)
 """
@@ -19,9 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import json
+import re
 import statistics
 import tempfile
 import time
+from datetime import datetime
 
 # harness.models before harness.fleet: transformers imports torch's compiler, which refuses to load once
 # Ansible (imported by harness.fleet through fleet_ops.inventory) has patched sys.intern.
@@ -61,16 +66,45 @@ def main() -> None:
             fleet.stop()
 
 
+RUNTIME_OWN = "runtime start to ready"
+ANSIBLE_SHARE = "Ansible's share"
+
+
+def runtime_start_to_ready(log_dir: Path, server: str) -> float:
+    """Seconds from supervisord spawning the instance's last process to its `ready` log line."""
+    program = "model-runtime-" + server.rsplit("-", 1)[1]
+    spawns = re.findall(
+        rf"^(\S+ \S+) INFO spawned: '{program}'", (log_dir / "supervisord.log").read_text(), re.M
+    )
+    spawned = datetime.strptime(spawns[-1], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+    lines = (
+        json.loads(line)
+        for line in (log_dir / f"{program}.log").read_text().splitlines()
+        if line.startswith("{")
+    )
+    ready = [line["ts"] for line in lines if line.get("message") == "ready"][-1]
+    return (datetime.fromisoformat(ready) - spawned).total_seconds()
+
+
 def report(fleet: LocalFleet, seconds: float, cycles: dict[str, dict[str, float]], during: list) -> None:
-    labels = [*STEPS.values(), "total"]
+    log_dir = fleet.prefix / "var/log/model-runtime"
+    for server, steps in cycles.items():
+        steps[RUNTIME_OWN] = runtime_start_to_ready(log_dir, server)
+        ansible = steps["total"] - steps["drain"] - steps["smoke"] - steps[RUNTIME_OWN]
+        steps[ANSIBLE_SHARE] = 100 * ansible / steps["total"]
+    labels = [*STEPS.values(), "total", RUNTIME_OWN]
     print(f"rolling upgrade of {len(cycles)} replicas ({fleet.old_runtime} -> {fleet.new_runtime}, "
           f"model {fleet.old_model} -> v2): {seconds:.1f} s for the whole playbook run\n")  # fmt: skip
-    print("| instance | " + " | ".join(labels) + " |")
-    print("|---" * (len(labels) + 1) + "|")
-    for server, steps in sorted(cycles.items()):
-        print(f"| {server} | " + " | ".join(f"{steps.get(label, 0):.1f} s" for label in labels) + " |")
-    medians = {label: statistics.median(c.get(label, 0) for c in cycles.values()) for label in labels}
-    print("| median | " + " | ".join(f"{medians[label]:.1f} s" for label in labels) + " |")
+    print("| instance | " + " | ".join([*labels, ANSIBLE_SHARE]) + " |")
+    print("|---" * (len(labels) + 2) + "|")
+    medians = {
+        label: statistics.median(c.get(label, 0) for c in cycles.values())
+        for label in [*labels, ANSIBLE_SHARE]
+    }
+    rows = [*sorted(cycles.items()), ("median", medians)]
+    for server, steps in rows:
+        cells = [f"{steps.get(label, 0):.1f} s" for label in labels] + [f"{steps[ANSIBLE_SHARE]:.0f}%"]
+        print(f"| {server} | " + " | ".join(cells) + " |")
     failed = [o for o in during if not o.ok]
     streamed = sum(1 for o in during if o.stream)
     print(

@@ -10,6 +10,10 @@ process, since when: never the command line, whose extra vars may hold secrets).
 lock taken changes nothing: it names the holder and exits with LOCK_HELD (75), as `flock -n -E 75`
 did for the scheduled runs, after waiting up to MODEL_RUNTIME_FLEET_LOCK_WAIT seconds (default 0).
 
+The run gets its id here too, where none was given (MODEL_RUNTIME_RUN_ID: `upgrade-20261203T101500Z-alice`),
+before any host is reached, so that every host of the run writes the same id into its release record
+and a rollback can find exactly what this run changed (`rollback.yml -e run=ID`).
+
 Runs that change nothing take no lock: the read-only playbooks (READ_ONLY), --check, --syntax-check
 and the --list-* options. Neither does an inventory that is not a file or folder ("host1,host2,": a
 cloud instance configuring itself).
@@ -45,6 +49,7 @@ LOCK_HELD = 75
 LOCK_NAME = ".fleet.lock"
 LOCK_ENV = "MODEL_RUNTIME_FLEET_LOCK"
 WAIT_ENV = "MODEL_RUNTIME_FLEET_LOCK_WAIT"
+RUN_ENV = "MODEL_RUNTIME_RUN_ID"
 # Playbooks that only read the fleet.
 READ_ONLY = frozenset({"status.yml", "preflight.yml"})
 # ansible-playbook's options under which nothing changes.
@@ -128,9 +133,18 @@ def lock_path(sources: Sequence[str], environ: Mapping[str, str]) -> Path | None
     return None
 
 
+def run_id(playbook: str, environ: Mapping[str, str], now: float) -> str:
+    """The run's id: MODEL_RUNTIME_RUN_ID as given (a scheduled run names itself), or the playbook, the
+    time and the user: `upgrade-20261203T101500Z-alice`."""
+    given = environ.get(RUN_ENV, "").strip()
+    if given:
+        return given
+    return f"{Path(playbook).stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{getpass.getuser()}"
+
+
 def holder_of(playbook: str, environ: Mapping[str, str]) -> dict[str, Any]:
     return {
-        "run": environ.get("MODEL_RUNTIME_RUN_ID", ""),
+        "run": environ.get(RUN_ENV, ""),
         "playbook": playbook,
         "user": getpass.getuser(),
         "host": socket.gethostname(),
@@ -151,6 +165,8 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_start(self, playbook: Any) -> None:
         name = Path(playbook._file_name).name
+        # Forked workers inherit it: the model_runtime role's model_runtime_run_id reads it there.
+        os.environ[RUN_ENV] = run_id(name, os.environ, time.time())
         options = context.CLIARGS
         if name in READ_ONLY or any(options.get(option) for option in NOTHING_CHANGES):
             return

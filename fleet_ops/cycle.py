@@ -11,8 +11,8 @@ from collections.abc import Mapping
 STEPS = {
     "drain": "drain",
     "stop": "stop",
-    "install": "install",
-    "ready": "start to ready",
+    "install": "install and start",
+    "ready": "to ready",
     "smoke": "smoke",
     "enable": "enable",
 }

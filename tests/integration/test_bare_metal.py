@@ -24,9 +24,12 @@ import httpx
 import openai
 import pytest
 import testinfra
+import yaml
 
 from callback_plugins.fleet_lock import LOCK_NAME, FleetLock, holder_of
 from harness import REPO
+from harness.fleet import model_copy
+from harness.load import Load, completions
 from harness.playbooks import ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
 from model_runtime.registry.registry import Registry
 from module_utils.haproxy_runtime import model_server_rows
@@ -324,19 +327,25 @@ def test_only_the_load_balancer_reaches_the_instances(
         assert connects(address, port) == from_the_load_balancer
 
 
+def corrupt_copy(model: Path, target: Path, version: str) -> Path:
+    """The model as another version whose weights lost a byte after its manifest was written: a copy
+    that the model_artifacts role refuses before anything is drained."""
+    shutil.copytree(model, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return target
+
+
 def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
     fleet: dict, hosts: TestHosts, tmp_path: Path
 ) -> None:
-    broken = tmp_path / "demo-broken"
-    shutil.copytree(fleet["model"], broken)
-    manifest = json.loads((broken / "manifest.json").read_text())
-    before = manifest["version"]
-    manifest["version"] = "broken-1"
-    (broken / "manifest.json").write_text(json.dumps(manifest))
-    weights = broken / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one corrupted byte
-    weights.write_bytes(bytes(data))
+    before = json.loads((fleet["model"] / "manifest.json").read_text())["version"]
+    broken = corrupt_copy(fleet["model"], tmp_path / "demo-broken", "broken-1")
 
     run = playbook("deploy.yml", fleet["inventory"], {"model_artifacts_source": str(broken)}, "--limit", "a")
     assert run.returncode != 0
@@ -495,6 +504,49 @@ def test_fab_canary_upgrades_one_host(fleet: dict, hosts: TestHosts) -> None:
 
     assert version("a").startswith(f"model-runtime-{fleet['next_runtime']}:")
     assert not version("b").startswith(f"model-runtime-{fleet['next_runtime']}:")
+
+
+def release_record(hosts: TestHosts, name: str) -> dict:
+    return json.loads((hosts.hosts[name].prefix / "etc/ansible/facts.d/model_runtime.fact").read_text())
+
+
+def test_an_upgrade_failing_in_its_second_batch_puts_back_what_it_changed_and_drops_nothing(
+    fleet: dict, hosts: TestHosts, tmp_path: Path
+) -> None:
+    """Batches of one host, no failure allowed: a takes a new model version; b's copy of it is corrupt
+    and refused there before anything is drained. The run stops past its budget and puts back what it
+    changed (a, through the same drain, ready and smoke gates), under constant load through HAProxy."""
+    v2 = model_copy(fleet["model"], tmp_path / "v2", "v2")
+    broken = corrupt_copy(fleet["model"], tmp_path / "v2-corrupt", "v2")
+    tree = yaml.safe_load(fleet["inventory"].read_text())
+    servers = tree["all"]["children"]["gpu_servers"]["hosts"]
+    servers["a"]["model_artifacts_source"], servers["b"]["model_artifacts_source"] = str(v2), str(broken)
+    inventory = fleet["inventory"].with_name("hosts-v2.yml")  # beside it: the same fleet, the same lock
+    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
+    before = {name: release_record(hosts, name) for name in ("a", "b")}
+    load = Load(f"https://{LB}:{LB_PORT}", completions("demo"), 2, KEY, fleet_tls(hosts), pause_s=0.25)
+    with load as traffic:
+        traffic.wait_for(10)
+        run = playbook("upgrade.yml", inventory, {"batch": "1", "max_fail": 0})
+        traffic.wait_for(len(traffic.outcomes) + 10)
+    inventory.unlink()
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert run.returncode != 0
+    assert re.search(r"\bb: .* failed: ", said), run.output[-5000:]
+    assert "was refused and not installed" in said
+    assert "The run stopped past its failure budget (failed hosts in that batch: 1)" in said
+    assert "put back every instance it had changed" in said
+    assert re.search(r"cycle: a-1 .*cycle: a-1 ", said)  # rolled, then undone
+    assert traffic.failures == [], traffic.failures[:3]
+    after = {name: release_record(hosts, name) for name in ("a", "b")}
+    assert after["b"] == before["b"]  # its failed roll recorded nothing
+    a_now, a_before = after["a"]["instances"]["1"], before["a"]["instances"]["1"]
+    assert a_now["model_version"] == a_before["model_version"] != "v2"
+    assert a_now["runtime_version"] == a_before["runtime_version"]
+    # What it went back from is the run's v2, and the undo is a run of its own, named after it.
+    assert after["a"]["previous"]["1"]["model_version"] == "v2"
+    assert a_now["run"] == after["a"]["previous"]["1"]["run"] + "-undo"
+    assert lb_states(fleet) == {"a-1": "UP", "b-1": "UP"}
 
 
 def test_fab_refuses_a_host_whose_key_is_unknown(fleet: dict, hosts: TestHosts, tmp_path: Path) -> None:

@@ -13,8 +13,11 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +99,11 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
         {"key": QUOTA_KEY, "requests_per_minute": 3, "priority": "batch"},
         f"{TOKENS_KEY} tokens_per_minute=160",
     ]
+    # The scheduled runs read an encrypted vault (the cron test below): its password file, root's alone.
+    fleet.vault_password = tmp_path_factory.mktemp("vault") / "password"
+    fleet.vault_password.touch(mode=0o600)
+    fleet.vault_password.write_text(secrets.token_hex(16) + "\n")
+    fleet.settings["control_node_vault_password_file"] = str(fleet.vault_password)
     fleet.first = fleet.run("site.yml", env={"PYTHONPATH": str(decoy)})
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
@@ -299,8 +307,11 @@ def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> No
 
 
 def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
-    """Back to the previous runtime and model, and to the torch engine, which the tests after this use."""
-    run, traffic = fleet.run_under_load("rollback.yml", {})
+    """Back to the previous runtime and model, and to the torch engine, which the tests after this use:
+    the upgrade's own instances, named by the run id its records carry."""
+    (upgrade_run,) = {entry["run"] for entry in fleet.record()["instances"].values()}
+    assert upgrade_run.startswith("upgrade-")
+    run, traffic = fleet.run_under_load("rollback.yml", {"run": upgrade_run})
     assert run.returncode == 0, run.output[-5000:]
     assert traffic.failures == [], traffic.failures[:3]
     assert fleet.releases() == {i: (fleet.old_runtime, fleet.old_model, "serving") for i in INSTANCES}
@@ -322,9 +333,11 @@ def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: L
     before, pids, starts = fleet.releases(), fleet.replica_pids(), process_starts(fleet, 1)
     run, traffic = fleet.run_under_load("upgrade.yml", {"model_artifacts_source": str(fleet.broken)})
     assert run.returncode != 0
-    assert "localhost instance 1 failed at step ready" in run.output, run.output[-5000:]
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert "localhost instance 1 failed at step ready" in said, run.output[-5000:]
     assert re.search(r"the instance stopped for good: \S+-1 +FATAL", run.output), run.output[-5000:]
-    assert "the run stops here" in run.output
+    assert "the host rolls no further instance" in said
+    assert "The run stopped past its failure budget" in said
     retries = role_defaults("model_runtime")["model_runtime_start_retries"]
     assert process_starts(fleet, 1) == starts + retries + 1 + 1  # the broken release's tries, the restore
     assert KEY not in run.output
@@ -427,7 +440,9 @@ def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: Loc
 
 def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fleet: LocalFleet) -> None:
     """The evening schedule's cron command, run as cron would: skipped while another run holds the
-    fleet's lock; then, under load, 2 replicas down to 1."""
+    fleet's lock; then, under load, 2 replicas down to 1, with the fleet's settings (the API keys among
+    them) in a vault only the runner's password file opens. Each outcome reaches Prometheus (the node
+    exporter's textfile collector) for the ScheduledRunFailed alert."""
     cron = (fleet.prefix / "etc/cron.d/model-runtime-schedules").read_text()
     jobs = {m.group(1): m.group(2) for m in re.finditer(r"#Ansible: model-runtime (\S+)\n(.+)", cron)}
     assert set(jobs) == {"weekday-mornings", "evenings", "sunday-upgrade"}
@@ -449,9 +464,16 @@ def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fl
     assert "is held by run manual-upgrade-7 (upgrade.yml" in log_file.read_text()
     assert "skipped: another run holds the fleet's lock" in log_file.read_text()
     assert fleet.releases() == before  # nothing changed
+    outcome = 'model_runtime_scheduled_run_exit_code{schedule="evenings", playbook="scale.yml"}'
+    assert settle(lambda: fleet.prometheus.value(outcome) == LOCK_HELD)
+    vault = fleet.root / "fleet-vars.vault.json"
+    shutil.copy(fleet.settings_file(), vault)
+    subprocess.run([Path(sys.executable).with_name("ansible-vault"), "encrypt", "--vault-password-file",
+                    fleet.vault_password, vault], check=True, capture_output=True)  # fmt: skip
+    assert KEY not in vault.read_text()
     with fleet.load(pause_s=LOAD_PAUSE_S) as traffic:
         traffic.wait_for(20)
-        done = subprocess.run(f"{command} -e @{fleet.settings_file()}", shell=True, capture_output=True,  # noqa: S602
+        done = subprocess.run(f"{command} -e @{vault}", shell=True, capture_output=True,  # noqa: S602
                               text=True, check=False)  # fmt: skip
         traffic.wait_for(len(traffic.outcomes) + 20)
     log = log_file.read_text()
@@ -464,6 +486,7 @@ def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fl
     assert KEY not in log
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log, re.MULTILINE)
     assert traffic.failures == []
+    assert settle(lambda: fleet.prometheus.value(outcome) == 0)
     assert [state for _, _, state in fleet.releases().values()] == SCALED_TO_ONE
     assert fleet.supervisorctl("status", f"{SERVICE}-{REPLICAS}").split()[1] == "STOPPED"
     # The scale run rewrote Prometheus's targets: a scaled-in instance is not scraped (nor alerted on).

@@ -7,6 +7,7 @@ untouched and drop no request of either model."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -115,6 +116,21 @@ def untouched(loads: dict[str, Load]) -> None:
         assert load.failures == [], (model, load.failures[:3])
 
 
+def test_rolling_demo_int8_s_only_replica_is_refused_before_any_change(fleet: LocalFleet) -> None:
+    """An upgrade of every model would take demo-int8's one instance out: an outage, refused by the
+    plan before anything is installed or drained."""
+    before = fleet.record()
+    run = fleet.run("upgrade.yml", {"model_runtime_version": fleet.new_runtime})
+    assert run.returncode != 0
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert (
+        "the batch plan 1 is refused, nothing was changed: model demo-int8: batch 1 (localhost) would leave "
+        "0 of its 1 serving instances up, under fleet_min_serving 1"
+    ) in said, run.output[-3000:]
+    assert "PLAY [Roll the release through the GPU servers]" not in run.output
+    assert fleet.record() == before
+
+
 def test_upgrading_one_model_drops_no_request_of_either_and_leaves_the_other_alone(fleet: LocalFleet) -> None:
     before = fleet.replica_pids()["localhost-3"]
     upgrade = {
@@ -171,6 +187,8 @@ def test_rolling_back_one_model_leaves_the_other_alone(fleet: LocalFleet) -> Non
         "3": (fleet.old_runtime, fleet.int8_version, "serving"),
     }
     assert fleet.replica_pids()["localhost-3"] == before
-    assert "has no previous release" not in run.output  # instance 3 was not part of the run
+    # The last run that changed demo: the upgrade above (the scale runs changed no release).
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert re.search(r"undoing run upgrade-\S+ on localhost: instances 2, 1\b", said), run.output[-3000:]
     # Each instance is what the inventory wants for its own model.
     assert "0 of 3 instances differ" in run.output

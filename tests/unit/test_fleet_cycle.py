@@ -20,7 +20,7 @@ def test_each_step_lasts_until_the_next_begins() -> None:
     }
     line = cycle_line(started, "host-1", 112.5)
     assert line == (
-        "cycle: host-1 drain 1.50s, stop 0.50s, install 0.25s, start to ready 7.75s, smoke 1.00s, "
+        "cycle: host-1 drain 1.50s, stop 0.50s, install and start 0.25s, to ready 7.75s, smoke 1.00s, "
         "enable 1.50s, total 12.50s"
     )
 
@@ -35,7 +35,7 @@ def test_lines_parse_back_from_a_run_output() -> None:
     )
     assert parse_cycles(output) == {
         "a-1": {"drain": 2.0, "stop": 1.0, "total": 3.0},
-        "b-2": {"drain": 4.0, "start to ready": 5.0, "total": 9.0},
+        "b-2": {"drain": 4.0, "to ready": 5.0, "total": 9.0},
     }
 
 
@@ -44,5 +44,5 @@ def test_lines_folded_by_ansibles_yaml_results_parse_too() -> None:
     fold = line.rindex(" ", 0, 60)  # YAML folds a long string at a space
     folded = f"ok: [localhost] =>\n    msg: '{line[:fold]}\n        {line[fold + 1 :]}'\nTASK [next] total 1s"
     assert parse_cycles(folded) == {
-        "localhost-3": {"drain": 1.0, "stop": 1.0, "install": 1.0, "start to ready": 7.0, "total": 10.0}
+        "localhost-3": {"drain": 1.0, "stop": 1.0, "install and start": 1.0, "to ready": 7.0, "total": 10.0}
     }
