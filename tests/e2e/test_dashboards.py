@@ -28,6 +28,13 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 # Series Prometheus writes itself for every target, never scraped.
 SYNTHETIC = {"up"}
+# The scheduled runs' runner writes its outcome for the node exporter's textfile collector (the local
+# fleet's cron test reads it back through Prometheus): the families its `# TYPE` lines declare.
+RUNNER = REPO / "roles" / "control_node" / "templates" / "fleet-run.sh.j2"
+
+
+def runner_metrics() -> set[str]:
+    return set(re.findall(r"^# TYPE (\S+) ", RUNNER.read_text(), re.MULTILINE))
 
 
 def sample_names(text: str) -> set[str]:
@@ -129,7 +136,8 @@ def test_every_metric_the_dashboard_queries_is_exported(
 def test_every_metric_the_rules_read_is_exported(
     runtime_metrics: set[str], haproxy_metrics: set[str]
 ) -> None:
-    known = runtime_metrics | haproxy_metrics | recorded() | SYNTHETIC
+    known = runtime_metrics | haproxy_metrics | recorded() | runner_metrics() | SYNTHETIC
+    assert "model_runtime_scheduled_run_exit_code" in runner_metrics()
     for rule in rules():
         unknown = metric_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('record') or rule.get('alert')}: {sorted(unknown)} are not exported"

@@ -364,7 +364,16 @@ def test_driver_upgrade_plan_in_check_mode_changes_nothing(fleet: LocalFleet) ->
         "nvidia_driver_gpu_override": True,
         "nvidia_driver_keyring_sha256": "0" * 64,
     }
-    run = fleet.run("driver-upgrade.yml", plan, "--check")
+    # One host: its driver change takes every replica out at once, an outage the plan refuses unless
+    # the operator accepts it.
+    refused = fleet.run("driver-upgrade.yml", plan, "--check")
+    assert refused.returncode != 0
+    assert (
+        f"model demo: batch 1 (localhost) would leave 0 of its {REPLICAS} serving instances up, "
+        "under fleet_min_serving 1" in re.sub(r"\s+", " ", refused.output)
+    ), refused.output[-3000:]
+    assert "TASK [fleet_rollout" not in refused.output
+    run = fleet.run("driver-upgrade.yml", {**plan, "fleet_min_serving": 0}, "--check")
     assert run.returncode == 0, run.output[-3000:]
     assert "would install cuda-drivers-575" in run.output
     assert run.output.count("TASK [fleet_rollout : Drain the instance at every load balancer]") == REPLICAS
