@@ -168,8 +168,10 @@ def test_every_sampling_parameter_takes_effect(engine_server: RuntimeProcess, de
     assert (held.usage.completion_tokens, held.choices[0].finish_reason) == (4, "stop")
     ignored = client.completions.create(**base, extra_body={**forced_end, "ignore_eos": True})
     assert (ignored.usage.completion_tokens, ignored.choices[0].finish_reason) == (8, "length")
-    # Penalties: greedy decoding of this model repeats itself; each penalty changes what it writes.
-    long = {**base, "max_tokens": 60}
+    # Penalties: greedy decoding of this model repeats itself once it writes past its first sentence
+    # (ignore_eos keeps it going: the demo model, rebuilt on each machine, may end that sentence early);
+    # each penalty changes what it writes.
+    long = {**base, "max_tokens": 60, "extra_body": {"ignore_eos": True}}
     free = client.completions.create(**long).choices[0].text
     assert client.completions.create(**long, frequency_penalty=2.0).choices[0].text != free
     assert client.completions.create(**long, presence_penalty=2.0).choices[0].text != free
