@@ -54,9 +54,20 @@ def role(pid: int) -> str:
         at = argv.index("-m") + 1
         # The runtime's own command names its role (serve); a module run is its name otherwise.
         return " ".join(filter(None, argv[at : at + 2])) if argv[at] == "model_runtime" else argv[at]
+    if any("multiprocessing.forkserver" in arg for arg in argv):
+        # The runtime's engine fork server and the engine processes it forks share its command line.
+        return "engine (multiprocessing child)" if _is_fork_server(_parent(pid)) else "engine fork server"
     if any("spawn_main" in arg for arg in argv):
         return "engine (multiprocessing child)"
     return Path(argv[0]).name
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _is_fork_server(pid: int) -> bool:
+    return "multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

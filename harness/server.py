@@ -3,6 +3,7 @@ for metrics and admin), stopped by whoever started it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import openai
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.processes import children
+from harness.processes import role, tree
 from model_runtime.readiness import NotReady, ready_url, wait_ready
 
 API_KEY = "test-key-0123456789"
@@ -127,14 +128,20 @@ class RuntimeProcess:
             return self.process.wait()
 
 
-def engine_pid(server_pid: int, marker: str = "spawn_main") -> int:
-    """A server's engine process: its child whose command line has marker (the builtin engine's process
-    is started by multiprocessing's spawn; the vllm engine's runs model_runtime.vllm.worker, and vLLM's
-    engine core, titled VLLM::EngineCore, is that one's child)."""
-    for child in children(server_pid):
-        if marker in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-            return child
-    raise AssertionError(f"no process with {marker!r} under {server_pid}")
+def engine_pid(server_pid: int, marker: str | None = None) -> int:
+    """A server's engine process, below it: the builtin engine's (forked by the runtime's engine fork
+    server), or the first whose command line has marker (the vllm engine's runs model_runtime.vllm.worker,
+    and vLLM's engine core, titled VLLM::EngineCore, is that one's child)."""
+    for pid in tree(server_pid)[1:]:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            found = (
+                role(pid) == "engine (multiprocessing child)"
+                if marker is None
+                else marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            )
+            if found:
+                return pid
+    raise AssertionError(f"no engine process ({marker or 'builtin'}) under {server_pid}")
 
 
 def metric_value(server: RuntimeProcess, name: str, **labels: str) -> float:

@@ -30,6 +30,7 @@ from model_runtime.scheduler.events import (
 )
 from model_runtime.scheduler.params import SamplingParams
 from model_runtime.scheduler.worker.child import worker_main
+from model_runtime.scheduler.worker.engine_starts import engine_context
 from model_runtime.scheduler.worker.messages import (
     Cancel,
     Failed,
@@ -83,11 +84,11 @@ Launch = Callable[[Connection, Connection], ChildProcess]
 
 
 def spawn_builtin(spec: WorkerSpec) -> Launch:
-    """This package's engines (torch, ONNX, a plugin's) in a spawned child of this interpreter."""
+    """This package's engines (torch, ONNX, a plugin's) in a child process (engine_starts.py)."""
 
     def launch(commands: Connection, events: Connection) -> ChildProcess:
-        # spawn: a clean interpreter, with no inherited threads or locks
-        process = multiprocessing.get_context("spawn").Process(
+        # Forked from a process with no threads or locks, which imported the engines already.
+        process = engine_context().Process(
             target=worker_main, args=(spec, commands, events), name=f"engine-{spec.model.name}"
         )
         process.start()
