@@ -155,9 +155,11 @@ def ramp_part(model: Path, root: Path) -> None:
             overload_end = time.monotonic()
         with fleet.load(clients=1, pause_s=0.25) as light:
             light_start = time.monotonic()
-            removed = wait(
-                lambda: fleet.serving() == 1 and list(fleet.server_states().values()).count("UP") == 1, 400
-            )
+
+            def one_left() -> bool:
+                return fleet.serving("demo") == 1 and list(fleet.server_states().values()).count("UP") == 1
+
+            removed = wait(one_left, 400)
         fleet.autoscaler(False, POLICY)
         print("\nScale-out: from an overload of 7 clients on 1 replica (4 batch slots, 4 queue places)")
         print(f"  overload to the decision (its scale run's start)    {_s(decided, start)}")

@@ -268,9 +268,12 @@ class LocalFleet:
         settings.write_text(json.dumps(self.settings))
         return settings
 
-    def serving(self) -> int:
-        """How many instances the release record says serve (the rest a scale run took out)."""
-        return [state for _, _, state in self.releases().values()].count("serving")
+    def serving(self, model: str) -> int:
+        """How many of the model's instances the release record says serve (the rest a scale run took
+        out)."""
+        releases = self.releases()
+        mine = [i for i, name in self.instance_models.items() if name == model]
+        return sum(1 for i in mine if releases[i][2] == "serving")
 
     def autoscaler(
         self,
@@ -278,19 +281,22 @@ class LocalFleet:
         policy: dict,
         interval_s: float = 2,
         window_s: int = 10,
+        model: str = "",
         burst: dict | None = None,
         environment: dict | None = None,
     ) -> PlaybookRun:
         """control.yml with the autoscaler on (these rules, a reading every interval_s averaged over
-        window_s; a burst group when given, with the environment that says where its AWS credentials
-        are) or off. Its runs get the fleet's settings from a private file: its path, not the settings
-        (the API key among them), goes on their command line and into the runner's log."""
+        window_s, for the model named: "" in a fleet of one; a burst group when given, with the
+        environment that says where its AWS credentials are) or off. Its runs get the fleet's settings
+        from a private file: its path, not the settings (the API key among them), goes on their command
+        line and into the runner's log."""
         settings = self.settings_file()
         return self.run("control.yml", {
             "control_node_autoscaler_burst": burst or {},
             "control_node_autoscaler_environment": environment or {},
             "control_node_autoscaler_enabled": enabled,
             "control_node_autoscaler_policy": policy,
+            "control_node_autoscaler_model": model,
             "control_node_autoscaler_prometheus": self.prometheus.url,
             "control_node_autoscaler_interval_s": interval_s,
             "control_node_autoscaler_window_s": window_s,

@@ -1,10 +1,13 @@
 """The embedded default, for real: site.yml on inventories/local (this machine, supervisord, HAProxy,
-2 instances, Prometheus watching them), the openai client through the load balancer, an idempotent
-second run, Prometheus's targets and the dashboard's queries; then, under constant load through
-HAProxy with every request counted, a rolling upgrade of runtime, model and engine, a rollback, a broken
-release, a kill -9, a stalled engine, a soak, a scheduled scale run down to one replica, the
-autoscaler out to two and back, and a burst to a stand-in cloud behind HAProxy and back; stop.yml at
-the end."""
+Prometheus watching it all) with the inventory's two models behind one endpoint, the demo model on
+instances 1 and 2 and its int8 copy demo-int8 on instance 3. HAProxy routes each request by the `model`
+of its body and answers an unknown model and GET /v1/models itself; an idempotent second run,
+Prometheus's targets and the dashboard's queries. Then, under constant load through HAProxy with every
+request counted, runs of the demo model alone, each leaving demo-int8's instance untouched: a rolling
+upgrade of runtime, model and engine, a rollback, a broken release, a kill -9, a stalled engine, a soak,
+a scheduled scale run down to one replica, the autoscaler out to two and back, and a burst to a
+stand-in cloud behind HAProxy and back; stop.yml at the end. (One fleet serves both models: each fleet
+brought up costs minutes, see docs/testing.md.)"""
 
 from __future__ import annotations
 
@@ -27,11 +30,14 @@ import openai
 import pytest
 
 from callback_plugins.fleet_lock import LOCK_HELD, LOCK_NAME, FleetLock, holder_of
+from fleet_ops.autoscale.signals import read_signals
 from fleet_ops.cloud_scale import describe_group
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness import REPO
 from harness.dashboard import dashboard_queries
-from harness.fleet import DEMO_ONLY, KEY, LOAD_PAUSE_S, LOCAL, LocalFleet, running_under
+from harness.fleet import KEY, LOAD_PAUSE_S, LOCAL, LocalFleet, running_under
+from harness.load import Load
+from harness.models import DEMO_INT8_MODEL
 from harness.playbooks import role_defaults
 from harness.server import engine_pid
 from harness.soak import OVERLOAD_SETTINGS, report, soak
@@ -42,16 +48,21 @@ from tests.support.s3 import s3_server
 
 pytestmark = pytest.mark.integration
 
-# Keys with per-minute limits (the fleet's HAProxy counts them).
+# Keys with per-minute limits (the fleet's HAProxy counts them), and a key that may use the int8 model only.
 QUOTA_KEY = "quota-key-0123456789abcdef"
 TOKENS_KEY = "tokens-key-0123456789abcdef"
-# Two replicas: the schedule scales 2 -> 1, the autoscaler 1 -> 2 -> 1, a release that fails on the
-# first leaves the other untouched. (Each replica more costs every roll below a model load under vLLM.)
+INT8_KEY = "int8-only-key-0123456789abcdef"
+MODELS = ["demo", "demo-int8"]
+# The demo model's two replicas: the schedule scales 2 -> 1, the autoscaler 1 -> 2 -> 1, a release that
+# fails on the first leaves the other untouched. (Each replica more costs every roll below a model load
+# under vLLM.) demo-int8 has one, instance 3 (the inventory's models).
 REPLICAS = 2
 INSTANCES = [str(i) for i in range(1, REPLICAS + 1)]
 SERVERS = [f"localhost-{i}" for i in INSTANCES]
-ALL_UP = dict.fromkeys(SERVERS, "UP")
-SCALED_TO_ONE = ["serving"] + ["scaled-in"] * (REPLICAS - 1)
+INT8 = "3"
+INT8_SERVER = f"localhost-{INT8}"
+ALL_UP = dict.fromkeys([*SERVERS, INT8_SERVER], "UP")
+SCALED_TO_ONE = ["serving", "scaled-in", "serving"]
 SERVICE = role_defaults("model_runtime")["model_runtime_service_name"]  # instance N's program: SERVICE-N
 # A stalled engine (test below) is taken out after 5 s and its replica restarted after 10 s.
 STALL = {"engine_stall_s": 5, "engine_stall_exit_s": 10}
@@ -70,8 +81,7 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
         demo_model,
         instances=REPLICAS,
         runtime_settings=RUNTIME_SETTINGS,
-        models=DEMO_ONLY,  # the two-model fleet has its own module (test_many_models.py)
-    )
+    )  # the inventory's own models: demo x REPLICAS, demo-int8 x 1 (built beside the demo model)
     # The vLLM build this machine has (its CPU build, its own environment): the upgrade rolls to it.
     fleet.settings["model_runtime_vllm_python"] = str(vllm_python)
     # The operator's PYTHONPATH leads to a uvicorn that cannot be imported: the instances (and the role's
@@ -98,6 +108,7 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
         KEY,
         {"key": QUOTA_KEY, "requests_per_minute": 3, "priority": "batch"},
         f"{TOKENS_KEY} tokens_per_minute=160",
+        f"{INT8_KEY} models=demo-int8",
     ]
     # The scheduled runs read an encrypted vault (the cron test below): its password file, root's alone.
     fleet.vault_password = tmp_path_factory.mktemp("vault") / "password"
@@ -107,29 +118,69 @@ def fleet(demo_model: Path, vllm_python: Path, tmp_path_factory: pytest.TempPath
     fleet.first = fleet.run("site.yml", env={"PYTHONPATH": str(decoy)})
     fleet.v2 = fleet.model_version("v2")
     fleet.broken = fleet.model_version("broken", break_weights=True)
+    fleet.int8_version = json.loads((DEMO_INT8_MODEL / "manifest.json").read_text())["version"]
     yield fleet
     stopped = fleet.stop()
     assert stopped.returncode == 0, stopped.output[-3000:]
     assert running_under(fleet.prefix) == [], "stop.yml left processes running"
 
 
-def test_site_brings_up_the_fleet_behind_haproxy(fleet: LocalFleet) -> None:
+def client(fleet: LocalFleet, key: str = KEY) -> openai.OpenAI:
+    """The openai client through HAProxy, over HTTPS, trusting the fleet's own CA (made by the
+    loadbalancer role for the local demo)."""
+    return openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=key, max_retries=0, http_client=fleet.http())
+
+
+def ask(fleet: LocalFleet, model: str, key: str = KEY) -> openai.APIResponse:
+    messages = [{"role": "user", "content": "What is a License?"}]
+    return client(fleet, key).chat.completions.with_raw_response.create(
+        model=model, messages=messages, max_tokens=12, temperature=0
+    )
+
+
+def test_site_brings_up_one_endpoint_serving_both_models_each_from_its_replicas(fleet: LocalFleet) -> None:
     first = fleet.first
     assert first.returncode == 0, first.output[-4000:]
-    # Over HTTPS, trusting the fleet's own CA (made by the loadbalancer role for the local demo).
-    client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=KEY, max_retries=0, http_client=fleet.http())
-    for _ in range(3):
-        reply = client.chat.completions.with_raw_response.create(
-            model="demo",
-            messages=[{"role": "user", "content": "What is a License?"}],
-            max_tokens=12,
-            temperature=0,
-        )
-        completion = reply.parse()
-        assert completion.choices[0].message.content.strip()
-        assert reply.headers["x-request-id"]  # set by HAProxy, echoed by the runtime
-        assert completion.system_fingerprint == f"model-runtime-{fleet.old_runtime}:demo@{fleet.old_model}"
+    assert fleet.instance_models == {"1": "demo", "2": "demo", INT8: "demo-int8"}
+    versions = {"demo": fleet.old_model, "demo-int8": fleet.int8_version}
+    for model, replicas in (("demo", set(INSTANCES)), ("demo-int8", {INT8})):
+        replies = [ask(fleet, model) for _ in range(4)]
+        for reply in replies:
+            completion = reply.parse()
+            assert completion.model == model
+            assert completion.choices[0].message.content.strip()
+            assert reply.headers["x-request-id"]  # set by HAProxy, echoed by the runtime
+            assert (
+                completion.system_fingerprint
+                == f"model-runtime-{fleet.old_runtime}:{model}@{versions[model]}"
+            )
+        # Every instance of the model answered some (leastconn over idle replicas), no other did.
+        assert fleet.answered_by({r.headers["x-request-id"] for r in replies}) == replicas
     assert fleet.server_states() == ALL_UP
+
+
+def test_the_load_balancer_lists_the_fleet_and_refuses_what_it_does_not_serve(fleet: LocalFleet) -> None:
+    assert [m.id for m in client(fleet).models.list()] == MODELS
+    assert [m.id for m in client(fleet, INT8_KEY).models.list()] == ["demo-int8"]
+    # A model the fleet does not serve: the runtime's own 404, from HAProxy.
+    with pytest.raises(openai.NotFoundError) as unknown:
+        ask(fleet, 'nope"</x>')
+    assert unknown.value.body == {
+        "message": 'The model `nope"</x>` does not exist.',
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    # A served model the key may not use: the same answer, from the model's instance.
+    with pytest.raises(openai.NotFoundError) as hidden:
+        ask(fleet, "demo", INT8_KEY)
+    assert hidden.value.body["code"] == "model_not_found"
+    # Without a key the fleet knows, nothing is told: the runtime's 401, whatever the model.
+    for model in ("demo", "nope"):
+        with pytest.raises(openai.AuthenticationError):
+            ask(fleet, model, "not-a-key")
+    with pytest.raises(openai.AuthenticationError):
+        client(fleet, "not-a-key").models.list()
 
 
 def within_one_minute_window(margin_s: float = 20) -> None:
@@ -142,37 +193,34 @@ def within_one_minute_window(margin_s: float = 20) -> None:
 def test_per_key_limits_hold_across_replicas_with_the_openai_headers_and_no_key_in_sight(
     fleet: LocalFleet,
 ) -> None:
-    def client(key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=key, max_retries=0, http_client=fleet.http())
-
-    def ask(key: str, max_tokens: int = 4) -> openai.APIResponse:
-        return client(key).completions.with_raw_response.create(
+    def complete(key: str, max_tokens: int = 4) -> openai.APIResponse:
+        return client(fleet, key).completions.with_raw_response.create(
             model="demo", prompt="This License", max_tokens=max_tokens, temperature=0
         )
 
     within_one_minute_window()
     # Requests: 3 a minute, counted at HAProxy whichever replica serves them.
-    served = [ask(QUOTA_KEY) for _ in range(3)]
+    served = [complete(QUOTA_KEY) for _ in range(3)]
     assert [r.headers["x-ratelimit-remaining-requests"] for r in served] == ["2", "1", "0"]
     assert fleet.answered_by({r.headers["x-request-id"] for r in served}) == set(INSTANCES)
     with pytest.raises(openai.RateLimitError) as refused:
-        ask(QUOTA_KEY)
+        complete(QUOTA_KEY)
     assert refused.value.body["code"] == "rate_limit_exceeded"
     assert refused.value.body["type"] == "requests"
     headers = refused.value.response.headers
     assert headers["x-ratelimit-limit-requests"] == "3"
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert int(headers["retry-after"]) >= 1
-    assert ask(KEY).parse().choices[0].text is not None  # another key is served meanwhile
+    assert complete(KEY).parse().choices[0].text is not None  # another key is served meanwhile
     # Tokens: 160 a minute; each of these costs 100 (max_tokens) plus its body's bytes / 4.
-    first = ask(TOKENS_KEY, max_tokens=100)
+    first = complete(TOKENS_KEY, max_tokens=100)
     left = int(first.headers["x-ratelimit-remaining-tokens"])
     assert 0 < left < 60
     with pytest.raises(openai.RateLimitError) as refused:
-        ask(TOKENS_KEY, max_tokens=100)
+        complete(TOKENS_KEY, max_tokens=100)
     assert refused.value.body["type"] == "tokens"
     assert refused.value.response.headers["x-ratelimit-remaining-tokens"] == str(left)
-    assert ask(TOKENS_KEY, max_tokens=8).headers["x-ratelimit-remaining-tokens"]  # what still fits passes
+    assert complete(TOKENS_KEY, max_tokens=8).headers["x-ratelimit-remaining-tokens"]  # what fits passes
     # HAProxy knows the keys by their SHA-256 only: not in its counters, its log, or the run's output.
     api = RuntimeAPI(str(fleet.prefix / "run/haproxy/admin.sock"), "quotas")
     table = api.ask("show table quotas")
@@ -213,15 +261,16 @@ def settle(check: Callable[[], object], timeout_s: float = 60) -> object:
     return result
 
 
-def scraped_instances(fleet: LocalFleet, instances: int) -> set[str]:
-    return {fleet.metrics_address(i) for i in range(1, instances + 1)}
+def scraped_instances(fleet: LocalFleet, demo_replicas: int) -> set[str]:
+    """What Prometheus should scrape with the demo model at demo_replicas: those, and demo-int8's."""
+    return {fleet.metrics_address(i) for i in [*range(1, demo_replicas + 1), int(INT8)]}
 
 
 def test_prometheus_scrapes_every_instance_haproxy_and_the_node_exporter(fleet: LocalFleet) -> None:
     """The monitoring role's Prometheus scrapes each instance at its internal listener, HAProxy's
     exporter and the node exporter, from targets the roles wrote out of the inventory."""
     wanted = {
-        "model-runtime": scraped_instances(fleet, REPLICAS),
+        "model-runtime": scraped_instances(fleet, REPLICAS),  # both models' instances
         "haproxy": {f"127.0.0.1:{fleet.settings['loadbalancer_stats_port']}"},
         "node": {f"127.0.0.1:{fleet.settings['exporters_node_port']}"},
     }
@@ -234,7 +283,18 @@ def test_prometheus_scrapes_every_instance_haproxy_and_the_node_exporter(fleet: 
         return missing + [(t.job, t.address, t.last_error or t.health) for t in targets if t.health != "up"]
 
     assert settle(lambda: not unhealthy()), unhealthy()
-    assert fleet.prometheus.value('count(up{job="model-runtime"} == 1)') == REPLICAS
+    assert fleet.prometheus.value('count(up{job="model-runtime"} == 1)') == len(ALL_UP)
+
+
+def test_the_autoscaler_reads_each_model_s_own_instances(fleet: LocalFleet) -> None:
+    """In a fleet of several models the autoscaler scales one (control_node_autoscaler_model): its
+    readings, from the fleet's Prometheus, are of that model's instances only."""
+
+    def replicas() -> dict[str, int]:
+        return {model: read_signals(fleet.prometheus, 30, None, model).replicas for model in MODELS}
+
+    assert settle(lambda: replicas() == {"demo": REPLICAS, "demo-int8": 1}), replicas()
+    assert read_signals(fleet.prometheus, 30).replicas == len(ALL_UP)
 
 
 def test_the_dashboards_queries_return_series_after_a_load(fleet: LocalFleet) -> None:
@@ -261,25 +321,57 @@ def engines(fleet: LocalFleet) -> dict[str, str]:
     return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
 
 
-def test_rolling_upgrade_of_runtime_model_and_engine_drops_nothing(fleet: LocalFleet) -> None:
-    """A new runtime and model, served by vLLM instead of the torch engine: one release, rolled one
-    instance at a time (the engine change rides on this roll rather than one of its own: each roll over
-    the fleet takes minutes here)."""
+def untouched(loads: dict[str, Load]) -> None:
+    for model, load in loads.items():
+        assert load.outcomes, model
+        assert load.failures == [], (model, load.failures[:3])
+
+
+def test_rolling_demo_int8_s_only_replica_is_refused_before_any_change(fleet: LocalFleet) -> None:
+    """An upgrade of every model would take demo-int8's one instance out: an outage, refused by the
+    plan before anything is installed or drained."""
+    before = fleet.record()
+    run = fleet.run("upgrade.yml", {"model_runtime_version": fleet.new_runtime})
+    assert run.returncode != 0
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert (
+        "the batch plan 1 is refused, nothing was changed: model demo-int8: batch 1 (localhost) would leave "
+        "0 of its 1 serving instances up, under fleet_min_serving 1"
+    ) in said, run.output[-3000:]
+    assert "PLAY [Roll the release through the GPU servers]" not in run.output
+    assert fleet.record() == before
+
+
+def test_rolling_upgrade_of_one_model_s_runtime_model_and_engine_drops_nothing_and_leaves_the_other_alone(
+    fleet: LocalFleet,
+) -> None:
+    """A new runtime and model for demo, served by vLLM instead of the torch engine: one release, rolled
+    one instance at a time under load of both models (the engine change rides on this roll rather than
+    one of its own: each roll over the fleet takes minutes here). demo-int8's instance is not touched."""
+    int8_pid = fleet.replica_pids()[INT8_SERVER]
     upgrade = {
+        "model": "demo",
         "model_runtime_version": fleet.new_runtime,
         "model_artifacts_source": str(fleet.v2),
         "model_runtime_engine": "vllm",
     }
-    run, traffic = fleet.run_under_load("upgrade.yml", upgrade)
+    run, loads = fleet.run_under_loads("upgrade.yml", upgrade, MODELS)
     assert run.returncode == 0, run.output[-5000:]
-    assert traffic.failures == [], traffic.failures[:3]
-    assert fleet.releases() == {i: (fleet.new_runtime, "v2", "serving") for i in INSTANCES}
-    assert engines(fleet) == dict.fromkeys(INSTANCES, "vllm")
+    untouched(loads)
+    assert fleet.releases() == {
+        **{i: (fleet.new_runtime, "v2", "serving") for i in INSTANCES},
+        INT8: (fleet.old_runtime, fleet.int8_version, "serving"),
+    }
+    assert engines(fleet) == {**dict.fromkeys(INSTANCES, "vllm"), INT8: "auto"}
     for i in range(1, REPLICAS + 1):  # vLLM serves: its own metrics beside ours
         assert "vllm:num_requests_running" in fleet.replica_metrics(i)
-    new = f"model-runtime-{fleet.new_runtime}:demo@v2"
-    assert new in {o.fingerprint for o in traffic.outcomes}
-    assert f"0 of {REPLICAS} instances differ" in run.output
+    assert fleet.replica_pids()[INT8_SERVER] == int8_pid
+    assert f"model-runtime-{fleet.new_runtime}:demo@v2" in {o.fingerprint for o in loads["demo"].outcomes}
+    assert {o.fingerprint for o in loads["demo-int8"].outcomes} == {
+        f"model-runtime-{fleet.old_runtime}:demo-int8@{fleet.int8_version}"
+    }
+    # The run's -e model_runtime_version is wanted of demo-int8 too, which the run (of demo) left alone.
+    assert f"1 of {len(ALL_UP)} instances differ" in run.output
     assert len(re.findall(r"smoke: localhost-\d", run.output)) == 2 * REPLICAS  # two prompts per instance
     cycles = parse_cycles(run.output)
     assert sorted(cycles) == SERVERS
@@ -288,8 +380,9 @@ def test_rolling_upgrade_of_runtime_model_and_engine_drops_nothing(fleet: LocalF
         assert sum(steps.values()) - steps["total"] == pytest.approx(steps["total"], abs=0.05)
 
 
-def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> None:
-    # The inventory (with the upgrade's -e) wants what the fleet now runs: nothing differs.
+def test_status_as_json_marks_only_what_differs_after_the_upgrade(fleet: LocalFleet) -> None:
+    # The inventory (with the upgrade's -e) wants what demo's instances now run, and the new runtime of
+    # demo-int8's too, which the upgrade of demo left on the old one.
     wanted = {
         "model_runtime_version": fleet.new_runtime,
         "model_artifacts_source": str(fleet.v2),
@@ -303,21 +396,33 @@ def test_status_as_json_marks_nothing_after_the_upgrade(fleet: LocalFleet) -> No
     shown = result["msg"]
     assert shown["desired"]["demo"]["runtime_version"] == fleet.new_runtime
     rows = [(row["instance"], row["model_version"], row["differs"]) for row in shown["instances"]]
-    assert rows == [(i, "v2", False) for i in INSTANCES]
+    assert rows == [*((i, "v2", False) for i in INSTANCES), (INT8, fleet.int8_version, True)]
 
 
-def test_rollback_after_the_upgrade_drops_nothing(fleet: LocalFleet) -> None:
+def test_rollback_after_the_upgrade_drops_nothing_and_leaves_the_other_model_alone(fleet: LocalFleet) -> None:
     """Back to the previous runtime and model, and to the torch engine, which the tests after this use:
-    the upgrade's own instances, named by the run id its records carry."""
-    (upgrade_run,) = {entry["run"] for entry in fleet.record()["instances"].values()}
+    the upgrade's own instances, named by the run id their records carry (demo-int8's names site.yml's)."""
+    int8_pid = fleet.replica_pids()[INT8_SERVER]
+    runs = {i: entry["run"] for i, entry in fleet.record()["instances"].items()}
+    upgrade_run = runs["1"]
     assert upgrade_run.startswith("upgrade-")
-    run, traffic = fleet.run_under_load("rollback.yml", {"run": upgrade_run})
+    assert runs == {**dict.fromkeys(INSTANCES, upgrade_run), INT8: runs[INT8]}
+    assert runs[INT8] != upgrade_run
+    run, loads = fleet.run_under_loads("rollback.yml", {"run": upgrade_run}, MODELS)
     assert run.returncode == 0, run.output[-5000:]
-    assert traffic.failures == [], traffic.failures[:3]
-    assert fleet.releases() == {i: (fleet.old_runtime, fleet.old_model, "serving") for i in INSTANCES}
-    assert engines(fleet) == dict.fromkeys(INSTANCES, "auto")
+    untouched(loads)
+    assert fleet.releases() == {
+        **{i: (fleet.old_runtime, fleet.old_model, "serving") for i in INSTANCES},
+        INT8: (fleet.old_runtime, fleet.int8_version, "serving"),
+    }
+    assert engines(fleet) == dict.fromkeys([*INSTANCES, INT8], "auto")
     for i in range(1, REPLICAS + 1):
         assert "vllm:" not in fleet.replica_metrics(i)
+    assert fleet.replica_pids()[INT8_SERVER] == int8_pid
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert f"undoing run {upgrade_run} on localhost: instances 2, 1" in said, run.output[-3000:]
+    # Each instance is what the inventory wants for its own model.
+    assert f"0 of {len(ALL_UP)} instances differ" in run.output
 
 
 def process_starts(fleet: LocalFleet, instance: int) -> int:
@@ -331,7 +436,8 @@ def test_a_broken_release_stops_at_the_first_instance_and_drops_nothing(fleet: L
     then gives up (FATAL: not restarted forever), the run puts the instance back on the release it ran
     and stops there."""
     before, pids, starts = fleet.releases(), fleet.replica_pids(), process_starts(fleet, 1)
-    run, traffic = fleet.run_under_load("upgrade.yml", {"model_artifacts_source": str(fleet.broken)})
+    broken = {"model": "demo", "model_artifacts_source": str(fleet.broken)}
+    run, traffic = fleet.run_under_load("upgrade.yml", broken)
     assert run.returncode != 0
     said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
     assert "localhost instance 1 failed at step ready" in said, run.output[-5000:]
@@ -376,7 +482,7 @@ def test_driver_upgrade_plan_in_check_mode_changes_nothing(fleet: LocalFleet) ->
     run = fleet.run("driver-upgrade.yml", {**plan, "fleet_min_serving": 0}, "--check")
     assert run.returncode == 0, run.output[-3000:]
     assert "would install cuda-drivers-575" in run.output
-    assert run.output.count("TASK [fleet_rollout : Drain the instance at every load balancer]") == REPLICAS
+    assert run.output.count("TASK [fleet_rollout : Drain the instance at every load balancer]") == len(ALL_UP)
     assert fleet.releases() == before
     assert fleet.server_states() == ALL_UP
 
@@ -442,9 +548,16 @@ def test_a_short_soak_above_capacity_answers_or_refuses_every_request(fleet: Loc
     assert result.refused_without_retry_after == 0
     assert result.refused > 0  # it was an overload
     assert result.answered > 0
-    assert sorted(result.memory_mb) == SERVERS
+    assert sorted(result.memory_mb) == sorted(ALL_UP)
     for warm, end in result.memory_mb.values():
         assert end < warm * 1.25 + 64, result.memory_mb
+
+
+def test_a_scale_run_must_name_the_model_and_changes_nothing(fleet: LocalFleet) -> None:
+    refused = fleet.run("scale.yml", {"replicas": 1})
+    assert refused.returncode != 0
+    assert "the fleet serves demo, demo-int8: say which to scale, -e model=NAME" in refused.output
+    assert {state for *_, state in fleet.releases().values()} == {"serving"}
 
 
 def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fleet: LocalFleet) -> None:
@@ -461,7 +574,7 @@ def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fl
     # The entry's command (minus the schedule and user fields), with the fleet's settings from a file.
     command = jobs["evenings"].split(None, 6)[6]
     log_file = fleet.prefix / "var/log/model-runtime/schedules/evenings.log"
-    before = fleet.releases()
+    before, int8_pid = fleet.releases(), fleet.replica_pids()[INT8_SERVER]
     held = FleetLock(LOCAL / LOCK_NAME)
     held.acquire(holder_of("upgrade.yml", {"MODEL_RUNTIME_RUN_ID": "manual-upgrade-7"}))
     try:
@@ -498,6 +611,7 @@ def test_a_scheduled_scale_run_is_a_cron_job_under_the_lock_and_drops_nothing(fl
     assert settle(lambda: fleet.prometheus.value(outcome) == 0)
     assert [state for _, _, state in fleet.releases().values()] == SCALED_TO_ONE
     assert fleet.supervisorctl("status", f"{SERVICE}-{REPLICAS}").split()[1] == "STOPPED"
+    assert fleet.replica_pids()[INT8_SERVER] == int8_pid  # the other model's instance untouched
     # The scale run rewrote Prometheus's targets: a scaled-in instance is not scraped (nor alerted on).
     assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, 1))
 
@@ -521,7 +635,7 @@ def served_by_cloud(outcomes: list) -> int:
 
 
 def autoscaler(fleet: LocalFleet, enabled: bool) -> None:
-    run = fleet.autoscaler(enabled, AUTOSCALE_POLICY)
+    run = fleet.autoscaler(enabled, AUTOSCALE_POLICY, model="demo")
     assert run.returncode == 0, run.output[-4000:]
 
 
@@ -544,7 +658,7 @@ def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_reques
         # A decision is logged once its run has ended: the replica serves by then.
         assert settle(lambda: "out" in actions(fleet), timeout_s=400), actions(fleet)
         # Its scale run brought the scaled-in replica back: serving, in HAProxy, scraped.
-        assert fleet.serving() == 2
+        assert fleet.serving("demo") == 2
         assert fleet.server_states() == ALL_UP
         assert settle(lambda: fleet.scrape_targets("model-runtime") == scraped_instances(fleet, 2))
         out = actions(fleet).index("out")
@@ -553,7 +667,7 @@ def test_the_autoscaler_follows_an_overload_out_and_back_without_a_failed_reques
         steady = decisions(fleet)[out + 1 : out + 9]
     with fleet.load(clients=1, pause_s=0.25) as light:
         assert settle(lambda: "in" in actions(fleet), timeout_s=400), actions(fleet)
-    assert fleet.serving() == 1
+    assert fleet.serving("demo") == 1
     autoscaler(fleet, enabled=False)
     assert overload.failures == []
     assert light.failures == []
@@ -609,7 +723,7 @@ def test_burst_to_the_cloud_takes_the_overflow_and_drains_first_without_a_failed
                  "policy": {"capacity_per_instance": CLOUD_SCHEDULER["max_batch_size"], "cooldown_out_s": 60,
                             "cooldown_in_s": 10, "stable_in_s": 10}}  # fmt: skip
         with fleet.cloud as cloud:
-            on = fleet.autoscaler(True, {**AUTOSCALE_POLICY, "max_replicas": 1}, burst=burst,
+            on = fleet.autoscaler(True, {**AUTOSCALE_POLICY, "max_replicas": 1}, model="demo", burst=burst,
                                   environment={"AWS_SHARED_CREDENTIALS_FILE": str(credentials)})  # fmt: skip
             assert on.returncode == 0, on.output[-4000:]
             with fleet.load(clients=7) as overload:
@@ -633,7 +747,7 @@ def test_burst_to_the_cloud_takes_the_overflow_and_drains_first_without_a_failed
     # The overflow only: metal kept serving throughout; the light load never reached the cloud.
     assert served_by_cloud(overload.outcomes) < len(overload.outcomes)
     assert served_by_cloud(light.outcomes) == 0
-    assert fleet.serving() == 1
+    assert fleet.serving("demo") == 1
     log = (fleet.prefix / "var/log/model-runtime/schedules/autoscale.log").read_text()
     assert "burst.yml -e burst_state=ready" in log
     assert "burst.yml -e burst_state=drain" in log
@@ -642,7 +756,8 @@ def test_burst_to_the_cloud_takes_the_overflow_and_drains_first_without_a_failed
 
 def test_scale_below_the_minimum_is_refused_before_any_change(fleet: LocalFleet) -> None:
     before = fleet.releases()
-    run = fleet.run("scale.yml", {"replicas": 0})
+    run = fleet.run("scale.yml", {"model": "demo", "replicas": 0})
     assert run.returncode != 0
-    assert f"replicas=0 refused: the fleet allows 1 to {REPLICAS} serving instances" in run.output
+    said = re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+    assert f"replicas=0 refused: the fleet allows 1 to {REPLICAS} serving instances of demo" in said
     assert fleet.releases() == before
