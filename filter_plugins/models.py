@@ -191,6 +191,17 @@ def model_not_found_body(name_expression: str) -> str:
     return body(name_expression)
 
 
+def instance_ports(count: object, api_base: object, metrics_base: object, config_dir: str) -> list[dict]:
+    """A host's instances' ports, two each (the API's, the internal listener's), each with what holds it
+    when it is ours: the instance's configuration file, on its command line (the preflight role's
+    preflight_ports)."""
+    return [
+        {"port": int(str(base)) + i - 1, "owner": f"{config_dir}/instance-{i}.yaml"}
+        for i in range(1, int(str(count)) + 1)
+        for base in (api_base, metrics_base)
+    ]
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
@@ -198,6 +209,7 @@ class FilterModule:
             "model_problems": model_problems,
             "models_for_host": models_for_host,
             "instance_models": instance_models,
+            "instance_ports": instance_ports,
             "model_releases": releases,
             "record_versions": record_versions,
             "wanted_model": wanted_name,

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from filter_plugins.api_keys import api_key_model_lists, key_id
 from filter_plugins.models import (
     instance_models,
+    instance_ports,
     model_entries,
     model_not_found_body,
     model_problems,
@@ -165,3 +166,12 @@ def test_a_pin_keeps_what_any_instance_runs_or_may_roll_back_to() -> None:
     assert record_versions(records, "demo") == ["v1", "v2", "v3"]
     assert record_versions(records, "chat") == ["c1"]
     assert record_versions(records, "other") == []
+
+
+def test_instance_ports_are_two_an_instance_each_held_by_its_configuration() -> None:
+    assert instance_ports("2", 8000, "9000", "/etc/model-runtime") == [
+        {"port": 8000, "owner": "/etc/model-runtime/instance-1.yaml"},
+        {"port": 9000, "owner": "/etc/model-runtime/instance-1.yaml"},
+        {"port": 8001, "owner": "/etc/model-runtime/instance-2.yaml"},
+        {"port": 9001, "owner": "/etc/model-runtime/instance-2.yaml"},
+    ]
