@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import multiprocessing
 from multiprocessing import forkserver
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 
 # What the fork server imports: the engine process's entry point, and with it torch and the engines.
 ENGINE_MODULES = ["model_runtime.scheduler.worker.child"]
 
 
-def engine_context() -> BaseContext:
+def engine_context() -> ForkServerContext:
     """The multiprocessing context the engine process starts from (its fork server imports
     ENGINE_MODULES when it starts)."""
     context = multiprocessing.get_context("forkserver")
