@@ -19,20 +19,13 @@ from model_runtime.errors import OperatorError
 from model_runtime.logs import configure_logging
 from model_runtime.registry import cli as registry_cli
 from model_runtime.registry.manifest import build_manifest, write_manifest
+from model_runtime.scheduler.worker import engine_starts
 
 if TYPE_CHECKING:
     from model_runtime.demo.build import Recipe
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from model_runtime.scheduler.worker import engine_starts
-
-    # The engine process's imports begin now, beside this process's below (engine_starts.py).
-    engine_starts.warm()
-    # These import torch: only for the commands that need it.
-    from model_runtime.ensemble.plugin import ENSEMBLES
-    from model_runtime.server.run import serve
-
     overrides = {
         "model": {"path": args.model, "served_name": args.served_model_name, "version": args.model_version},
         "server": {
@@ -44,6 +37,14 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, overrides)
     configure_logging(settings.logging.level, settings.logging.json_format)
+    if settings.model.engine != "vllm":
+        # The builtin engine process's imports begin now, beside this process's below (engine_starts.py);
+        # a replica set to vLLM does without that process (a swap to a builtin engine starts it then).
+        engine_starts.warm()
+    # These import torch: only for the commands that need it.
+    from model_runtime.ensemble.plugin import ENSEMBLES
+    from model_runtime.server.run import serve
+
     code = serve(settings, reload=lambda: load_settings(args.config, overrides), plugin=ENSEMBLES)
     # Served and drained: the interpreter's last collection of every object torch and transformers made
     # would hold the exit up (a second or more), and frees nothing the exit does not.

@@ -10,6 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import role, tree
 from harness.server import RuntimeProcess, engine_pid, metric_value
 from tests.support.engines import ENGINES, engine_settings
 
@@ -109,6 +110,9 @@ def test_a_dead_engine_ends_every_request_with_an_error_then_the_process(
         )
         chunks = iter(stream)
         next(chunks)
+        # The builtin engine's process forks from the runtime's fork server; a vLLM replica has none.
+        fork_server = "engine fork server" in {role(pid) for pid in tree(server.process.pid)}
+        assert fork_server == (engine == "builtin")
         if engine == "builtin":
             os.kill(server.engine_pid(), signal.SIGKILL)
         else:  # vLLM's engine core dies under our vLLM process, which then ends itself
