@@ -321,7 +321,7 @@ def engines(fleet: LocalFleet) -> dict[str, str]:
     return {i: entry["engine"] for i, entry in fleet.record()["instances"].items()}
 
 
-def untouched(loads: dict[str, Load]) -> None:
+def no_request_failed(loads: dict[str, Load]) -> None:
     for model, load in loads.items():
         assert load.outcomes, model
         assert load.failures == [], (model, load.failures[:3])
@@ -357,7 +357,7 @@ def test_rolling_upgrade_of_one_model_s_runtime_model_and_engine_drops_nothing_a
     }
     run, loads = fleet.run_under_loads("upgrade.yml", upgrade, MODELS)
     assert run.returncode == 0, run.output[-5000:]
-    untouched(loads)
+    no_request_failed(loads)
     assert fleet.releases() == {
         **{i: (fleet.new_runtime, "v2", "serving") for i in INSTANCES},
         INT8: (fleet.old_runtime, fleet.int8_version, "serving"),
@@ -410,7 +410,7 @@ def test_rollback_after_the_upgrade_drops_nothing_and_leaves_the_other_model_alo
     assert runs[INT8] != upgrade_run
     run, loads = fleet.run_under_loads("rollback.yml", {"run": upgrade_run}, MODELS)
     assert run.returncode == 0, run.output[-5000:]
-    untouched(loads)
+    no_request_failed(loads)
     assert fleet.releases() == {
         **{i: (fleet.old_runtime, fleet.old_model, "serving") for i in INSTANCES},
         INT8: (fleet.old_runtime, fleet.int8_version, "serving"),
