@@ -47,7 +47,7 @@ def rss_mb(pid: int) -> float:
 def role(pid: int) -> str:
     """A process's name for a report: vLLM's title (VLLM::EngineCore), the module run with -m, or the
     program's name."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+    argv = command(pid)
     if argv[0].startswith("VLLM::"):
         return argv[0].split()[0]
     if "-m" in argv[:-1]:
@@ -56,18 +56,23 @@ def role(pid: int) -> str:
         return " ".join(filter(None, argv[at : at + 2])) if argv[at] == "model_runtime" else argv[at]
     if any("multiprocessing.forkserver" in arg for arg in argv):
         # The runtime's engine fork server and the engine processes it forks share its command line.
-        return "engine (multiprocessing child)" if _is_fork_server(_parent(pid)) else "engine fork server"
+        return (
+            "engine (multiprocessing child)"
+            if role(_parent(pid)) == "engine fork server"
+            else "engine fork server"
+        )
     if any("spawn_main" in arg for arg in argv):
         return "engine (multiprocessing child)"
     return Path(argv[0]).name
 
 
+def command(pid: int) -> list[str]:
+    """A process's command line, as its arguments."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+
+
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _is_fork_server(pid: int) -> bool:
-    return "multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

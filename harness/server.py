@@ -18,7 +18,7 @@ import openai
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.processes import role, tree
+from harness.processes import command, role, tree
 from model_runtime.readiness import NotReady, ready_url, wait_ready
 
 API_KEY = "test-key-0123456789"
@@ -137,7 +137,7 @@ def engine_pid(server_pid: int, marker: str | None = None) -> int:
             found = (
                 role(pid) == "engine (multiprocessing child)"
                 if marker is None
-                else marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                else any(marker in arg for arg in command(pid))
             )
             if found:
                 return pid
