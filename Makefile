@@ -10,6 +10,9 @@ TORCH_INDEX ?=
 EXTRAS ?= dev
 TEST_WORKERS ?= 0
 TEST_TMP ?= /tmp/mrt-tests
+# The fleet-scale group (a dozen SSH hosts, tests/integration/test_many_hosts.py) takes about 40 minutes
+# on 2 cores, more than CI's budget beside the rest: `make test-many-hosts` runs it (docs/testing.md).
+TEST_SELECTION ?= not many_hosts
 # --no-compile: Python compiles a module when it is first imported and caches it in this venv (the user
 # owns it); compiling all of torch at install time takes twice as long as installing it. That cache is
 # what keeps each command from compiling torch again (4-8 s a process), so a PYTHONDONTWRITEBYTECODE
@@ -17,7 +20,7 @@ TEST_TMP ?= /tmp/mrt-tests
 PIP := $(BIN)/pip install --quiet --no-compile
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test lint bench clean
+.PHONY: venv demo demo-stop wheelhouse demo-model vllm-env test test-many-hosts lint bench clean
 
 # The venv with pip (all the wheelhouse needs), then torch, which every other target shares.
 $(BIN)/.pip:
@@ -75,7 +78,11 @@ vllm-env: $(BIN)/.installed
 # HAProxy sockets the tests make under it must fit a Unix socket path (107 bytes).
 test: lint vllm-env
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --basetemp=$(TEST_TMP) \
-		$(PYTEST_ARGS) || [ $$? -eq 5 ]
+		-m "$(TEST_SELECTION)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-many-hosts: venv
+	$(BIN)/python -m pytest -n 0 --basetemp=$(TEST_TMP) -m many_hosts tests/integration/test_many_hosts.py \
+		$(PYTEST_ARGS)
 
 # ruff, ansible-lint, mypy on the runtime package (mypy.ini), the layer rules (.importlinter).
 lint: venv

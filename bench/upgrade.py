@@ -26,6 +26,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 # harness.models before harness.fleet: transformers imports torch's compiler, which refuses to load once
@@ -87,14 +88,25 @@ def runtime_start_to_ready(log_dir: Path, server: str) -> float:
 
 
 def report(fleet: LocalFleet, seconds: float, cycles: dict[str, dict[str, float]], during: list) -> None:
-    log_dir = fleet.prefix / "var/log/model-runtime"
-    for server, steps in cycles.items():
-        steps[RUNTIME_OWN] = runtime_start_to_ready(log_dir, server)
-        ansible = steps["total"] - steps["drain"] - steps["smoke"] - steps[RUNTIME_OWN]
-        steps[ANSIBLE_SHARE] = 100 * ansible / steps["total"]
-    labels = [*STEPS.values(), "total", RUNTIME_OWN]
+    add_shares(cycles, lambda server: fleet.prefix / "var/log/model-runtime")
     print(f"rolling upgrade of {len(cycles)} replicas ({fleet.old_runtime} -> {fleet.new_runtime}, "
           f"model {fleet.old_model} -> v2): {seconds:.1f} s for the whole playbook run\n")  # fmt: skip
+    print_cycles(cycles)
+    print_requests(during)
+
+
+def add_shares(cycles: dict[str, dict[str, float]], log_dir: Callable[[str], Path]) -> None:
+    """Add to each instance's cycle (server name -> step -> seconds) the runtime's own start to ready,
+    from the logs in log_dir(server), and Ansible's share: what is neither drain, that start nor smoke."""
+    for server, steps in cycles.items():
+        steps[RUNTIME_OWN] = runtime_start_to_ready(log_dir(server), server)
+        ansible = steps["total"] - steps["drain"] - steps["smoke"] - steps[RUNTIME_OWN]
+        steps[ANSIBLE_SHARE] = 100 * ansible / steps["total"]
+
+
+def print_cycles(cycles: dict[str, dict[str, float]]) -> None:
+    """A table of the cycles (after add_shares), one row an instance, and their medians."""
+    labels = [*STEPS.values(), "total", RUNTIME_OWN]
     print("| instance | " + " | ".join([*labels, ANSIBLE_SHARE]) + " |")
     print("|---" * (len(labels) + 2) + "|")
     medians = {
@@ -105,6 +117,9 @@ def report(fleet: LocalFleet, seconds: float, cycles: dict[str, dict[str, float]
     for server, steps in rows:
         cells = [f"{steps.get(label, 0):.1f} s" for label in labels] + [f"{steps[ANSIBLE_SHARE]:.0f}%"]
         print(f"| {server} | " + " | ".join(cells) + " |")
+
+
+def print_requests(during: list) -> None:
     failed = [o for o in during if not o.ok]
     streamed = sum(1 for o in during if o.stream)
     print(

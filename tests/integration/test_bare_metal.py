@@ -29,11 +29,12 @@ import yaml
 from callback_plugins.fleet_lock import LOCK_NAME, FleetLock, holder_of
 from harness import REPO
 from harness.fleet import model_copy
+from harness.host_fleet import fleet_vars
 from harness.load import Load, completions
+from harness.netns import SUBNET, TestHost, TestHosts, connects
 from harness.playbooks import ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
 from model_runtime.registry.registry import Registry
 from module_utils.haproxy_runtime import model_server_rows
-from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [
     pytest.mark.integration,
@@ -52,40 +53,6 @@ LB = f"{SUBNET}.11"  # host a: a GPU server and the load balancer
 RUNTIME, BALANCER = role_defaults("model_runtime"), role_defaults("loadbalancer")
 PORT, METRICS_PORT = RUNTIME["model_runtime_base_port"], RUNTIME["model_runtime_metrics_base_port"]
 LB_PORT, STATS_PORT = BALANCER["loadbalancer_port"], BALANCER["loadbalancer_stats_port"]
-
-
-def fleet_vars(hosts: TestHosts, wheelhouse: Path, model: Path, *more_wheelhouses: Path) -> dict:
-    """What a real inventory's group_vars would say, with every path under each host's prefix and the
-    fleet CA in the control node's own folder."""
-    offline = f"--no-index --find-links {wheelhouse}" + "".join(
-        f" --find-links {w}" for w in more_wheelhouses
-    )
-    return {
-        "model_artifacts_prefix": "{{ fleet_prefix }}",
-        "model_artifacts_name": "demo",
-        "model_artifacts_source": str(model),
-        "model_artifacts_group": "{{ model_runtime_group }}",
-        "model_runtime_prefix": "{{ fleet_prefix }}",
-        "model_runtime_version": (wheelhouse / "RUNTIME_VERSION").read_text().strip(),
-        "model_runtime_pip_args": offline,
-        "model_runtime_service_manager": "supervisord",
-        # Per-host users: the hosts share /etc/passwd, and users are created concurrently.
-        "model_runtime_user": "mrt-{{ inventory_hostname }}",
-        "model_runtime_group": "mrt-{{ inventory_hostname }}",
-        "model_runtime_listen_address": "{{ ansible_host }}",
-        "model_runtime_tls": True,
-        "model_runtime_api_keys": [KEY],
-        "model_runtime_shutdown_grace_s": 5,
-        "loadbalancer_prefix": "{{ fleet_prefix }}",
-        "loadbalancer_service_manager": "supervisord",
-        "loadbalancer_bind_address": "{{ ansible_host }}",
-        "loadbalancer_tls_self_signed": True,
-        "loadbalancer_tls_names": ["{{ ansible_host }}"],
-        "loadbalancer_pip_args": offline,
-        "firewall_enabled": True,
-        "firewall_prefix": "{{ fleet_prefix }}",
-        "fleet_ca_dir": str(hosts.workdir / "fleet-ca"),
-    }
 
 
 def fleet_tls(hosts: TestHosts) -> ssl.SSLContext:
@@ -129,7 +96,7 @@ def fleet(hosts: TestHosts, demo_model: Path, tmp_path_factory: pytest.TempPathF
     inventory = hosts.inventory(
         tmp_path_factory.mktemp("inventory") / "hosts.yml",
         {"gpu_servers": ["a", "b"], "loadbalancers": ["a"]},
-        fleet_vars(hosts, wheelhouse, demo_model, nxt),
+        fleet_vars(hosts, KEY, wheelhouse, demo_model, nxt),
     )
     run = playbook("site.yml", inventory)
     yield {"run": run, "inventory": inventory, "wheelhouse": wheelhouse, "model": demo_model,
@@ -363,7 +330,7 @@ def test_corrupt_model_version_is_refused_and_the_previous_keeps_serving(
 def test_unsupported_os_stops_before_any_change(hosts: TestHosts, demo_model: Path, tmp_path: Path) -> None:
     inventory = hosts.inventory(
         tmp_path / "hosts.yml", {"gpu_servers": ["old"], "loadbalancers": ["old"]},
-        fleet_vars(hosts, ensure_wheelhouse(), demo_model),
+        fleet_vars(hosts, KEY, ensure_wheelhouse(), demo_model),
     )  # fmt: skip
     run = playbook("site.yml", inventory)
     assert run.returncode != 0
@@ -375,7 +342,7 @@ def test_unsupported_os_stops_before_any_change(hosts: TestHosts, demo_model: Pa
 def test_too_little_disk_stops_before_any_change(hosts: TestHosts, demo_model: Path, tmp_path: Path) -> None:
     inventory = hosts.inventory(
         tmp_path / "hosts.yml", {"gpu_servers": ["small"], "loadbalancers": ["small"]},
-        fleet_vars(hosts, ensure_wheelhouse(), demo_model),
+        fleet_vars(hosts, KEY, ensure_wheelhouse(), demo_model),
     )  # fmt: skip
     run = playbook("site.yml", inventory)
     assert run.returncode != 0

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from harness import REPO
+from harness.netns import SUBNET, TestHost, TestHosts, connects
 from harness.playbooks import PlaybookRun, playbook
-from tests.support.netns import SUBNET, TestHost, TestHosts, connects
 
 pytestmark = [
     pytest.mark.integration,

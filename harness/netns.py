@@ -1,10 +1,12 @@
 """SSH-reachable test hosts on this machine: one network namespace each, joined by a bridge, with a
-real sshd in each. Made and removed by the test that needs them.
+real sshd in each. Made and removed by the test or benchmark that needs them.
 
 Namespaces separate the network, not the filesystem, so each host gets its own path prefix for what
 Ansible installs. A host can also get a mount namespace of its own, to look like another system (an
-/etc/os-release of an unsupported release) or to have a small disk (a tmpfs at its prefix). A test can
-also connect from a host, as that host would (`network_of`).
+/etc/os-release of an unsupported release), to have a small disk (a tmpfs at its prefix), or to find
+folders its image would bring, read-only (one copy on this machine for every host, as a golden image's
+files are, and one copy in the page cache). A test can also connect from a host, as that host would
+(`network_of`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def _setns(fd: int) -> None:
         raise OSError(error, os.strerror(error))
 
 
+def _veth(index: int) -> tuple[str, str]:
+    """The names of the index-th host's link: its end on the bridge, its end in the host (at most 15
+    characters)."""
+    return f"mrt{WORKER}-{index}h", f"mrt{WORKER}-{index}n"
+
+
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
@@ -52,6 +60,7 @@ class TestHost:
     os_release: str | None = None  # contents bind-mounted over /etc/os-release
     debian_version: str | None = None
     small_disk: str | None = None  # tmpfs size mounted at the prefix, e.g. "2m"
+    read_only: dict[Path, Path] = field(default_factory=dict)  # the host's path -> the folder it shows
     host_vars: dict = field(default_factory=dict)
 
     @property
@@ -73,6 +82,10 @@ class TestHosts:
         self.hosts = {h.name: h for h in hosts}
         self.client_key = workdir / "id_ed25519"
         self.known_hosts = workdir / "known_hosts"
+        # Ansible's SSH connections to these hosts, kept open between tasks (ControlPersist): in a folder
+        # of their own, so that a later set of hosts at the same addresses never reuses one, and they end
+        # with the hosts.
+        self.control_dir = workdir / "ssh-control"
 
     def __enter__(self) -> TestHosts:
         try:
@@ -102,7 +115,7 @@ class TestHosts:
             self._wait_ssh(host)
 
     def _network(self, host: TestHost, index: int) -> None:
-        outer, inner = f"mrt{WORKER}-{index}h", f"mrt{WORKER}-{index}n"  # at most 15 characters
+        outer, inner = _veth(index)
         _run("ip", "netns", "add", host.namespace)
         _run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         _run("ip", "link", "set", outer, "master", BRIDGE)
@@ -147,6 +160,9 @@ class TestHosts:
                 lines.append(f"mount --bind {fake} {target}")
         if host.small_disk:
             lines.append(f"mount -t tmpfs -o size={host.small_disk} tmpfs {host.prefix}")
+        for target, source in host.read_only.items():
+            lines += [f"mkdir -p {target}", f"mount --bind {source} {target}",
+                      f"mount -o remount,bind,ro {target}"]  # fmt: skip
         return "".join(f"{line} && " for line in lines)
 
     def _wait_ssh(self, host: TestHost, timeout: float = 20) -> None:
@@ -193,6 +209,7 @@ class TestHosts:
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(self.client_key),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts}",
+                "ansible_control_path_dir": str(self.control_dir),
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "fleet_prefix": str(host.prefix),
                 **host.host_vars,
@@ -211,8 +228,10 @@ class TestHosts:
 
     # --- tear down --------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Kill every process in each namespace, then remove the namespaces and the bridge."""
-        for host in self.hosts.values():
+        """Kill every process in each namespace, then remove the namespaces, their links and the bridge.
+        (A namespace the kernel keeps a while after its last process, for its sockets' sake, would keep
+        its link, and the name, for the next run: the link is deleted here, which deletes its peer.)"""
+        for index, host in enumerate(self.hosts.values()):
             pids = _run("ip", "netns", "pids", host.namespace, check=False).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -220,7 +239,9 @@ class TestHosts:
             if pids:
                 time.sleep(0.2)
             _run("ip", "netns", "delete", host.namespace, check=False)
+            _run("ip", "link", "delete", _veth(index)[0], check=False)
         _run("ip", "link", "delete", BRIDGE, check=False)
+        _run("pkill", "-f", f"{self.control_dir}/", check=False)
 
 
 def connects(address: str, port: int) -> bool:

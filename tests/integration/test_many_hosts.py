@@ -1,0 +1,175 @@
+"""A dozen serving hosts over SSH (harness.host_fleet: network namespaces, one demo instance each, a load
+balancer host of their own), set up by site.yml, then rolled in batches under constant load through the
+load balancer, plain and streamed: a batched upgrade that drops nothing; an upgrade whose release breaks
+one host of its second batch, stopped there and undone exactly where it had changed something; two runs
+started together, one of them refused with the holder's name. The fleet-scale group (`-m many_hosts`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from callback_plugins.fleet_lock import LOCK_HELD
+from harness.fleet import model_copy
+from harness.host_fleet import HostFleet
+from harness.playbooks import playbook_command, playbook_environment
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.many_hosts,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and sshd need root"),
+]
+
+HOSTS = 12
+# One host, then quarters of the fleet: batches of 1, 3, 3, 3 and 2 hosts.
+QUARTERS = "1,25%"
+
+
+@pytest.fixture(scope="module")
+def fleet(demo_model: Path):
+    with HostFleet(demo_model, size=HOSTS) as made:
+        made.site = made.run("site.yml")
+        made.old_model = json.loads((demo_model / "manifest.json").read_text())["version"]
+        yield made
+
+
+def said(run) -> str:
+    return re.sub(r"\s+", " ", run.output)  # the YAML results fold long lines
+
+
+# A host in a batch of the roll: it skips the play's first task, a meta task, which Ansible heads once per
+# host (the batches after a stop run it instead, and end there).
+ROLLING_HOST = re.compile(
+    r"TASK \[Leave the host as it is once the run has stopped\] \**\nskipping: \[(\S+)\]"
+)
+
+
+def batches(run) -> list[list[str]]:
+    """The hosts of each batch that rolled, in order: each batch is a PLAY of its own."""
+    plays = run.output.split("PLAY [Roll the release through the GPU servers]")[1:]
+    found = [ROLLING_HOST.findall(play.split("PLAY [", 1)[0]) for play in plays]
+    return [batch for batch in found if batch]
+
+
+def test_site_sets_up_every_host_behind_the_load_balancer(fleet: HostFleet) -> None:
+    assert fleet.site.returncode == 0, fleet.site.output[-5000:]
+    assert set(fleet.site.recap()) == {"lb", *fleet.names}
+    assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
+    releases = fleet.releases()
+    assert {release[:3] for release in releases.values()} == {(fleet.old_runtime, fleet.old_model, "serving")}
+    assert len({release[3] for release in releases.values()}) == 1  # one run set them all up
+
+
+def test_a_batched_upgrade_drops_no_request(fleet: HostFleet) -> None:
+    with fleet.load() as traffic:
+        traffic.wait_for(20)
+        run = fleet.run("upgrade.yml", {"model_runtime_version": fleet.new_runtime, "batch": "1,25%,50%"})
+        traffic.wait_for(len(traffic.outcomes) + 20)
+    assert run.returncode == 0, run.output[-5000:]
+    assert [len(batch) for batch in batches(run)] == [1, 3, 6, 2]
+    assert traffic.failures == [], traffic.failures[:3]
+    assert any(outcome.stream for outcome in traffic.outcomes)
+    releases = fleet.releases()
+    assert {release[:3] for release in releases.values()} == {(fleet.new_runtime, fleet.old_model, "serving")}
+    assert len({release[3] for release in releases.values()}) == 1  # one run id, in every record it changed
+    assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
+    served = {o.fingerprint.split(":")[0] for o in traffic.outcomes[-10:]}
+    assert served == {f"model-runtime-{fleet.new_runtime}"}
+
+
+def test_a_release_that_breaks_in_the_second_batch_is_undone_where_it_changed_and_nowhere_else(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    """A new model version whose copy on h03 (the second batch's middle host) installs but never becomes
+    ready: h03's instance goes back by itself, h02 and h04 beside it took the version, the run stops past
+    its budget (no failure allowed) and puts back h04, h02 and h01 in that order, through the same gates;
+    the hosts after the second batch are never touched. No request fails meanwhile."""
+    good = model_copy(fleet.demo_model, tmp_path / "v2", "v2")
+    broken = model_copy(fleet.demo_model, tmp_path / "v2-broken", "v2", break_weights=True)
+    tree = yaml.safe_load(fleet.inventory.read_text())
+    servers = tree["all"]["children"]["gpu_servers"]["hosts"]
+    for name in fleet.names:
+        servers[name]["model_artifacts_source"] = str(broken if name == "h03" else good)
+    inventory = fleet.inventory.with_name("hosts-v2.yml")  # beside it: the same fleet, the same lock
+    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
+    before = {name: fleet.record(name) for name in fleet.names}
+    with fleet.load() as traffic:
+        traffic.wait_for(20)
+        run = fleet.run("upgrade.yml", {"batch": QUARTERS, "max_fail": 0}, inventory=inventory)
+        traffic.wait_for(len(traffic.outcomes) + 20)
+    inventory.unlink()
+    text = said(run)
+    assert run.returncode != 0
+    assert [sorted(batch) for batch in batches(run)] == [["h01"], ["h02", "h03", "h04"]]
+    assert re.search(r"\bh03: .* failed: ", text), run.output[-5000:]
+    assert "The run stopped past its failure budget (failed hosts in that batch: 1)" in text
+    assert "put back every instance it had changed" in text
+    undone = re.findall(r"cycle: (h0\d)-1 ", text.split("PLAY [Put back what the run changed]", 1)[1])
+    # Hosts in reverse order, in the same batches: h04 first, then h02 and h01 (one batch, in parallel).
+    assert sorted(undone) == ["h01", "h02", "h04"], undone
+    assert undone[0] == "h04"
+    assert traffic.failures == [], traffic.failures[:3]
+    after = {name: fleet.record(name) for name in fleet.names}
+    for name in fleet.names[4:]:
+        assert after[name] == before[name], name  # never touched
+    for name in fleet.names[:4]:
+        instance, was = after[name]["instances"]["1"], before[name]["instances"]["1"]
+        assert (instance["runtime_version"], instance["model_version"], instance["state"]) == (
+            was["runtime_version"], was["model_version"], "serving",
+        ), name  # fmt: skip
+    run_id = after["h01"]["previous"]["1"]["run"]
+    for name in ("h01", "h02", "h04"):
+        assert after[name]["previous"]["1"]["model_version"] == "v2"  # what the undo went back from
+        assert after[name]["instances"]["1"]["run"] == f"{run_id}-undo"
+    assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
+
+
+def test_two_runs_started_together_one_refused_naming_the_holder(fleet: HostFleet) -> None:
+    """Two upgrades (to the release every host already runs: nothing to roll) started at once, neither
+    willing to wait for the fleet's lock: one runs, the other changes nothing and names the holder."""
+    runs = {}
+    for run_id in ("together-1", "together-2"):
+        env = playbook_environment({"MODEL_RUNTIME_RUN_ID": run_id, "MODEL_RUNTIME_FLEET_LOCK_WAIT": "0"})
+        command = playbook_command(
+            "upgrade.yml", fleet.inventory, {"model_runtime_version": fleet.new_runtime}
+        )
+        runs[run_id] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)  # fmt: skip
+    outputs = {run_id: process.communicate(timeout=1800)[0] for run_id, process in runs.items()}
+    codes = {run_id: process.returncode for run_id, process in runs.items()}
+    assert sorted(codes.values()) == [0, LOCK_HELD], outputs
+    winner = next(run_id for run_id, code in codes.items() if code == 0)
+    loser = next(run_id for run_id, code in codes.items() if code == LOCK_HELD)
+    assert f"is held by run {winner} (upgrade.yml" in outputs[loser]
+    assert "PLAY RECAP" not in outputs[loser]  # it ran no play
+
+
+def test_a_scale_run_in_batches_drops_no_request(fleet: HostFleet) -> None:
+    """Half the instances out, a quarter of the hosts at a time (the hosts after the sixth drain, in two
+    batches), then all back in the same batches, under load."""
+    with fleet.load() as traffic:
+        traffic.wait_for(20)
+        inward = fleet.run("scale.yml", {"replicas": HOSTS // 2, "batch": "25%"})
+        scaled_in, states_in = fleet.releases(), fleet.server_states()
+        outward = fleet.run("scale.yml", {"replicas": HOSTS, "batch": "25%"})
+        traffic.wait_for(len(traffic.outcomes) + 20)
+    assert inward.returncode == 0, inward.output[-5000:]
+    assert outward.returncode == 0, outward.output[-5000:]
+    for run in (inward, outward):  # four batches of three hosts, for the starts and for the stops
+        assert run.output.count("PLAY [Bring the added instances into service") == 4
+        assert run.output.count("PLAY [Take the removed instances out of service]") == 4
+    serving, out = fleet.names[: HOSTS // 2], fleet.names[HOSTS // 2 :]
+    assert [scaled_in[name][2] for name in fleet.names] == ["serving"] * len(serving) + ["scaled-in"] * len(
+        out
+    )
+    assert all(states_in[f"{name}-1"] == "UP" for name in serving)
+    assert not any(states_in[f"{name}-1"] == "UP" for name in out)
+    assert {release[2] for release in fleet.releases().values()} == {"serving"}
+    assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
+    assert traffic.failures == [], traffic.failures[:3]
