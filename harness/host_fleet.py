@@ -25,7 +25,7 @@ from filter_plugins.environments import environment_folder
 from harness import REPO
 from harness.cache import CACHE, one_builder
 from harness.load import Load, completions
-from harness.netns import SUBNET, TestHost, TestHosts
+from harness.netns import SUBNET, WORKER, TestHost, TestHosts
 from harness.playbooks import PlaybookRun, ensure_wheelhouse, playbook, release_wheelhouse, role_defaults
 from module_utils.haproxy_runtime import model_server_rows
 
@@ -118,7 +118,9 @@ class HostFleet:
         self.root.chmod(0o755)
         self.wheelhouse = ensure_wheelhouse()
         torch_name, torch = golden_torch(self.wheelhouse)
-        self.names = [f"h{i:02d}" for i in range(1, self.size + 1)]
+        # Named per pytest-xdist worker past the first, as their namespaces are: the hosts' service users
+        # (named after them) share this machine's /etc/passwd.
+        self.names = [f"{'' if WORKER == 0 else f'w{WORKER}'}h{i:02d}" for i in range(1, self.size + 1)]
         made = [TestHost("lb", f"{SUBNET}.10", self.root / "lb")]
         for i, name in enumerate(self.names, start=1):
             root = self.root / name
