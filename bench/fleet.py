@@ -40,7 +40,7 @@ from bench.upgrade import ANSIBLE_SHARE, RUNTIME_OWN, add_shares, print_cycles, 
 from fleet_ops.cycle import STEPS, parse_cycles
 from harness.host_fleet import HostFleet
 from harness.playbooks import playbook_command, playbook_environment
-from harness.processes import command, tree
+from harness.processes import command, pss_mb, tree
 
 
 @dataclass
@@ -53,15 +53,6 @@ class RunCost:
     forks: int  # the most worker processes at once
     fork_mb: float  # the most Pss one worker held
     total_mb: float  # the most Pss the run's processes held together
-
-
-def pss_mb(pid: int) -> float:
-    try:
-        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0  # ended meanwhile
-    line = next((line for line in rollup.splitlines() if line.startswith("Pss:")), "Pss: 0 kB")
-    return int(line.split()[1]) / 1024
 
 
 def measured(fleet: HostFleet, name: str, extra: dict) -> RunCost:

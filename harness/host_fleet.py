@@ -148,9 +148,7 @@ class HostFleet:
 
     def __exit__(self, *exc: object) -> None:
         self.hosts.stop()
-        for name in self.hosts.hosts:
-            subprocess.run(["userdel", f"mrt-{name}"], capture_output=True, check=False)
-            subprocess.run(["groupdel", f"mrt-{name}"], capture_output=True, check=False)
+        self.hosts.remove_users("mrt-")  # fleet_vars' model_runtime_user
         shutil.rmtree(self.root, ignore_errors=True)
 
     # --- runs -----------------------------------------------------------------------------------------

@@ -226,6 +226,13 @@ class TestHosts:
         path.write_text(yaml.safe_dump(tree, sort_keys=False))
         return path
 
+    def remove_users(self, prefix: str) -> None:
+        """Delete the users and groups the roles made for these hosts (named prefix + host name): the
+        hosts share this machine's /etc/passwd, so they outlive the namespaces."""
+        for name in self.hosts:
+            _run("userdel", f"{prefix}{name}", check=False)
+            _run("groupdel", f"{prefix}{name}", check=False)
+
     # --- tear down --------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Kill every process in each namespace, then remove the namespaces, their links and the bridge.

@@ -44,6 +44,17 @@ def rss_mb(pid: int) -> float:
     return total * PAGE / 2**20
 
 
+def pss_mb(pid: int) -> float:
+    """A process's proportional share of memory (shared pages divided among their users), in MB; 0 once
+    it ended."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    line = next((line for line in rollup.splitlines() if line.startswith("Pss:")), "Pss: 0 kB")
+    return int(line.split()[1]) / 1024
+
+
 def role(pid: int) -> str:
     """A process's name for a report: vLLM's title (VLLM::EngineCore), the module run with -m, or the
     program's name."""

@@ -82,9 +82,7 @@ def hosts():
     ]
     with TestHosts(root, made) as test_hosts:
         yield test_hosts
-    for name in test_hosts.hosts:
-        subprocess.run(["userdel", f"mrt-{name}"], capture_output=True, check=False)
-        subprocess.run(["groupdel", f"mrt-{name}"], capture_output=True, check=False)
+    test_hosts.remove_users("mrt-")  # fleet_vars' model_runtime_user
     shutil.rmtree(root, ignore_errors=True)
 
 
