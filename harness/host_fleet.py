@@ -130,6 +130,7 @@ class HostFleet:
         self.hosts = TestHosts(self.root, made)
         self.balancer = self.hosts.hosts["lb"].address
         self.old_runtime = (self.wheelhouse / "RUNTIME_VERSION").read_text().strip()
+        self.old_model = json.loads((self.demo_model / "manifest.json").read_text())["version"]
         self.next_wheelhouse, self.new_runtime = release_wheelhouse(self.root / "wheelhouse-next", "next")
 
     def __enter__(self) -> HostFleet:

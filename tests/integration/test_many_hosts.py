@@ -6,7 +6,6 @@ started together, one of them refused with the holder's name. The fleet-scale gr
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -35,7 +34,6 @@ QUARTERS = "1,25%"
 def fleet(demo_model: Path):
     with HostFleet(demo_model, size=HOSTS) as made:
         made.site = made.run("site.yml")
-        made.old_model = json.loads((demo_model / "manifest.json").read_text())["version"]
         yield made
 
 
