@@ -6,9 +6,11 @@ from __future__ import annotations
 import getpass
 
 import pytest
+import yaml
 
 from callback_plugins.fleet_lock import RUN_ENV, run_id
 from fleet_ops.runs import PlanError, batch_plan, batches, capacity_problems, changed_by, last_run
+from harness import REPO
 
 HOSTS = [f"h{i:02d}" for i in range(1, 13)]
 
@@ -144,3 +146,18 @@ def test_a_run_is_named_once_for_all_its_hosts() -> None:
     named = run_id("playbooks/upgrade.yml", {}, 1796292000.0)
     assert named.startswith("upgrade-20261203T")
     assert named.endswith("Z-" + getpass.getuser())
+
+
+def test_no_rolling_play_sends_a_whole_batch_into_one_hosts_rescue() -> None:
+    """With any_errors_fatal, ansible-core (2.17 on) runs a block's rescue on every host of the batch when
+    one host fails in it: the hosts that rolled fine would take the failed one's way back. The plays that
+    rescue a host (their own block, or an instance's rolling cycle) stop on max_fail_percentage instead."""
+    rescuing = []
+    for path in sorted((REPO / "playbooks").glob("*.yml")):
+        for play in yaml.safe_load(path.read_text()) or []:
+            text = yaml.safe_dump(play)
+            if "hosts" in play and ("rescue:" in text or "tasks_from: roll.yml" in text):
+                rescuing.append(path.name)
+                assert not play.get("any_errors_fatal"), f"{path.name}: {play['name']}"
+                assert play.get("max_fail_percentage") == 0, f"{path.name}: {play['name']}"
+    assert {"upgrade.yml", "undo.yml", "restart.yml", "driver-upgrade.yml"} <= set(rescuing)
