@@ -127,6 +127,15 @@ class HostFleet:
             installs = root / "fs" / INSTALL_DIR
             image = {installs / "torch" / torch_name: torch}
             made.append(TestHost(name, f"{SUBNET}.{10 + i}", root, read_only=image))
+        # The last host can be given a (stand-in) GPU driver: apt there sees only the sources a test names
+        # (this machine's would be out of its network's reach) and keeps its own package lists.
+        self.gpu_host, self.gpu_apt_sources = self.names[-1], self.root / self.names[-1] / "apt-sources"
+        made[-1].own = {
+            Path("/etc/apt/sources.list.d"): self.gpu_apt_sources,
+            Path("/etc/apt/sources.list"): self.root / self.gpu_host / "apt-sources.list",
+            Path("/var/lib/apt/lists"): self.root / self.gpu_host / "apt-lists",
+        }
+        (self.root / self.gpu_host / "apt-lists" / "partial").mkdir(parents=True)
         self.hosts = TestHosts(self.root, made)
         self.balancer = self.hosts.hosts["lb"].address
         self.old_runtime = (self.wheelhouse / "RUNTIME_VERSION").read_text().strip()

@@ -61,6 +61,7 @@ class TestHost:
     debian_version: str | None = None
     small_disk: str | None = None  # tmpfs size mounted at the prefix, e.g. "2m"
     read_only: dict[Path, Path] = field(default_factory=dict)  # the host's path -> the folder it shows
+    own: dict[Path, Path] = field(default_factory=dict)  # the host's path -> a file or folder of its own
     host_vars: dict = field(default_factory=dict)
 
     @property
@@ -163,6 +164,15 @@ class TestHosts:
         for target, source in host.read_only.items():
             lines += [f"mkdir -p {target}", f"mount --bind {source} {target}",
                       f"mount -o remount,bind,ro {target}"]  # fmt: skip
+        for target, source in host.own.items():
+            if not target.exists():
+                continue  # nothing of this machine's to hide there
+            if target.is_file():
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.touch()
+            else:
+                source.mkdir(parents=True, exist_ok=True)
+            lines.append(f"mount --bind {source} {target}")
         return "".join(f"{line} && " for line in lines)
 
     def _wait_ssh(self, host: TestHost, timeout: float = 20) -> None:

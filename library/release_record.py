@@ -28,7 +28,8 @@ options:
     type: dict
     required: true
   driver_version:
-    description: The NVIDIA driver the host runs (or none).
+    description: The NVIDIA driver the host runs (or none). When it changes, the one before is kept as
+      C(previous_driver_version), the version a failed driver upgrade goes back to.
     type: str
     default: none
 author: model-runtime
@@ -93,7 +94,12 @@ def main() -> None:
             entry = {**release, "since": now, "run": module.params["run"]}
         entry["state"] = wanted.get("state") or (current or {}).get("state") or "serving"
         instances[str(key)] = entry
-    record = {"instances": instances, "previous": previous, "driver_version": module.params["driver_version"]}
+    driver, driver_before = module.params["driver_version"], record.get("driver_version")
+    changed_driver = driver_before not in (None, driver)
+    previous_driver = driver_before if changed_driver else record.get("previous_driver_version")
+    record = {"instances": instances, "previous": previous, "driver_version": driver}
+    if previous_driver:
+        record["previous_driver_version"] = previous_driver
     changed = json.dumps(record, sort_keys=True) != before
     if changed and not module.check_mode:
         folder = os.path.dirname(path)

@@ -2,7 +2,8 @@
 balancer host of their own), set up by site.yml, then rolled in batches under constant load through the
 load balancer, plain and streamed: a batched upgrade that drops nothing; an upgrade whose release breaks
 one host of its second batch, stopped there and undone exactly where it had changed something; two runs
-started together, one of them refused with the holder's name. The fleet-scale group (`-m many_hosts`)."""
+started together, one of them refused with the holder's name; a driver upgrade whose new driver fails its
+checks, undone on its host by the driver before. The fleet-scale group (`-m many_hosts`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from callback_plugins.fleet_lock import LOCK_HELD
 from harness.fleet import model_copy
 from harness.host_fleet import HostFleet
 from harness.playbooks import playbook_command, playbook_environment
+from harness.standin_driver import KEEPS_REAL_DRIVER, REAL_DRIVER, VERSION_FILE, StandinDriver
 
 pytestmark = [
     pytest.mark.integration,
@@ -102,10 +104,11 @@ def test_a_release_that_breaks_in_the_second_batch_is_undone_where_it_changed_an
         run = fleet.run("upgrade.yml", {"batch": QUARTERS, "max_fail": 0}, inventory=inventory)
         traffic.wait_for(len(traffic.outcomes) + 20)
     inventory.unlink()
+    print(run.output)  # pytest shows it when the test fails
     text = said(run)
     assert run.returncode != 0
     assert [sorted(batch) for batch in batches(run)] == [["h01"], ["h02", "h03", "h04"]]
-    assert re.search(r"\bh03: .* failed: ", text), run.output[-5000:]
+    assert "h03 instance 1 failed at step ready: the instance stopped for good" in text, run.output[-5000:]
     assert "The run stopped past its failure budget (failed hosts in that batch: 1)" in text
     assert "put back every instance it had changed" in text
     undone = re.findall(r"cycle: (h0\d)-1 ", text.split("PLAY [Put back what the run changed]", 1)[1])
@@ -171,3 +174,66 @@ def test_a_scale_run_in_batches_drops_no_request(fleet: HostFleet) -> None:
     assert {release[2] for release in fleet.releases().values()} == {"serving"}
     assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
     assert traffic.failures == [], traffic.failures[:3]
+
+
+def with_host_vars(fleet: HostFleet, name: str, host_vars: dict, label: str) -> Path:
+    """The fleet's inventory with more variables for one host, written beside it (the same fleet, the
+    same lock)."""
+    tree = yaml.safe_load(fleet.inventory.read_text())
+    tree["all"]["children"]["gpu_servers"]["hosts"][name].update(host_vars)
+    inventory = fleet.inventory.with_name(f"hosts-{label}.yml")
+    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return inventory
+
+
+GOOD, BROKEN = "575.51.03", "580.65.06"
+
+
+@pytest.mark.skipif(REAL_DRIVER, reason=KEEPS_REAL_DRIVER)
+def test_a_driver_that_fails_its_checks_gives_way_to_the_one_before(fleet: HostFleet) -> None:
+    """The last host has a GPU (a stand-in driver, real packages from a mirror its apt sources name, on
+    this machine's dpkg: one host only). Its driver goes from 570.133.20 to 575.51.03 under load, then to
+    580.65.06, whose nvidia-smi cannot reach the driver: the run puts 575.51.03 back, the host's instance
+    comes back on it through the same gates, and the run stops naming the failure. No request fails; no
+    other host is touched."""
+    gpu_host = fleet.gpu_host
+    stand_in_gpu = {
+        "nvidia_driver_gpu_override": True,
+        "nvidia_driver_source": "mirror",
+        "nvidia_driver_cuda_packages": [],
+        "nvidia_driver_loaded_version_path": str(VERSION_FILE),
+    }
+    inventory = with_host_vars(fleet, gpu_host, stand_in_gpu, "gpu")
+    others = {name: fleet.record(name) for name in fleet.names[:-1]}
+    with StandinDriver({"570.133.20": True, GOOD: True, BROKEN: False}, fleet.gpu_apt_sources) as driver:
+        first = fleet.run("drivers.yml", {"nvidia_driver_version": "570.133.20"}, "--limit", gpu_host,
+                          inventory=inventory)  # fmt: skip
+        assert first.returncode == 0, first.output[-5000:]
+        with fleet.load() as traffic:
+            traffic.wait_for(20)
+            upgraded = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": GOOD}, inventory=inventory)
+            upgraded_record = fleet.record(gpu_host)
+            failed = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": BROKEN}, inventory=inventory)
+            traffic.wait_for(len(traffic.outcomes) + 20)
+        installed, loaded = driver.installed(), driver.loaded()
+    inventory.unlink()
+    print(failed.output)  # pytest shows it when the test fails
+    assert upgraded.returncode == 0, upgraded.output[-5000:]
+    assert (upgraded_record["driver_version"], upgraded_record["previous_driver_version"]) == (
+        "575.51.03", "570.133.20",
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert (
+        f"NVIDIA driver 580.65.06 failed its checks on {gpu_host} (the NVIDIA driver did not come up on "
+        f"{gpu_host}: nvidia-smi said NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
+        "driver." in said(failed)
+    )
+    back = "the host is back on driver 575.51.03 and its instances serve again: the run stops here"
+    assert back in said(failed)
+    assert installed == {"cuda-drivers-575": "575.51.03-1", "nvidia-persistenced": "575.51.03-1"}
+    assert loaded == "575.51.03"
+    assert fleet.record(gpu_host)["driver_version"] == "575.51.03"
+    assert fleet.record(gpu_host)["instances"]["1"]["state"] == "serving"
+    assert {name: fleet.record(name) for name in fleet.names[:-1]} == others
+    assert traffic.failures == [], traffic.failures[:3]
+    assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from callback_plugins.fleet_lock import LOCK_ENV, LOCK_NAME
 from fleet_ops.inventory import load_fleet
 from harness import REPO
 from harness.fleet import DEMO_ONLY
-from harness.playbooks import BIN, ensure_wheelhouse, playbook, role_defaults
+from harness.playbooks import BIN, PlaybookRun, ensure_wheelhouse, playbook, role_defaults
 from harness.server import free_port
+from harness.standin_driver import KEEPS_REAL_DRIVER, PIN, REAL_DRIVER, VERSION_FILE, StandinDriver
 from model_runtime.config import load_settings
 from tests.support.render import render, stand_in
 
@@ -88,6 +90,52 @@ def test_nvidia_driver_refuses_an_implicit_version_change() -> None:
     assert "runs NVIDIA driver 535.183.01, not 570: changing it is explicit" in run.output
     allowed = playbook("drivers.yml", LOCAL, {**facts, "nvidia_driver_allow_upgrade": True}, "--check")
     assert allowed.returncode == 0, allowed.output[-3000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dpkg and apt need root")
+@pytest.mark.skipif(REAL_DRIVER, reason=KEEPS_REAL_DRIVER)
+def test_nvidia_driver_installs_from_a_mirror_and_changes_branch_only_when_allowed(tmp_path: Path) -> None:
+    """Real packages (a stand-in driver, harness.standin_driver) from a mirror the host's apt sources
+    name: the exact version pinned and held; a new branch refused until allowed, then the held driver
+    replaced by it, pinned and held in its turn."""
+    stand_in_gpu = {
+        "nvidia_driver_gpu_override": True,
+        "nvidia_driver_source": "mirror",
+        "nvidia_driver_cuda_packages": [],
+        "nvidia_driver_loaded_version_path": str(VERSION_FILE),
+    }
+    # Runs that change this machine, under a lock of their own: the local fleet's tests hold the example
+    # inventory's meanwhile.
+    env = {LOCK_ENV: str(tmp_path / LOCK_NAME)}
+
+    def drivers(extra: dict) -> PlaybookRun:
+        return playbook("drivers.yml", LOCAL, {**stand_in_gpu, **extra}, env=env)
+
+    with StandinDriver({"570.133.20": True, "575.51.03": True}) as driver:
+        first = drivers({"nvidia_driver_version": "570.133.20"})
+        assert first.returncode == 0, first.output[-3000:]
+        assert driver.installed() == {
+            "cuda-drivers-570": "570.133.20-1",
+            "nvidia-persistenced": "570.133.20-1",
+        }
+        assert driver.loaded() == "570.133.20"
+        assert driver.held() == {"cuda-drivers-570", "nvidia-persistenced"}
+        again = drivers({"nvidia_driver_version": "570.133.20"})
+        assert again.changed() == 0
+
+        refused = drivers({"nvidia_driver_version": "575"})
+        assert refused.returncode != 0
+        assert "runs NVIDIA driver 570.133.20, not 575: changing it is explicit" in refused.output
+        assert driver.installed()["cuda-drivers-570"] == "570.133.20-1"
+
+        allowed = {"nvidia_driver_version": "575", "nvidia_driver_allow_upgrade": True}
+        changed = drivers(allowed)
+        assert changed.returncode == 0, changed.output[-3000:]
+        assert driver.installed() == {"cuda-drivers-575": "575.51.03-1", "nvidia-persistenced": "575.51.03-1"}
+        assert driver.loaded() == "575.51.03"
+        assert "Pin: version 575*" in PIN.read_text()
+        assert driver.held() == {"cuda-drivers-575", "nvidia-persistenced"}
+        assert drivers(allowed).changed() == 0  # the same version again: no hold moves
 
 
 def render_instance(tmp_path: Path) -> tuple[Path, Path]:
