@@ -57,6 +57,17 @@ def batches(run) -> list[list[str]]:
     return [batch for batch in found if batch]
 
 
+def with_host_vars(fleet: HostFleet, host_vars: dict[str, dict], label: str) -> Path:
+    """The fleet's inventory with more variables for some hosts (name -> variables), written beside it:
+    the same fleet, the same lock."""
+    tree = yaml.safe_load(fleet.inventory.read_text())
+    for name, more in host_vars.items():
+        tree["all"]["children"]["gpu_servers"]["hosts"][name].update(more)
+    inventory = fleet.inventory.with_name(f"hosts-{label}.yml")
+    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return inventory
+
+
 def test_site_sets_up_every_host_behind_the_load_balancer(fleet: HostFleet) -> None:
     assert fleet.site.returncode == 0, fleet.site.output[-5000:]
     assert set(fleet.site.recap()) == {"lb", *fleet.names}
@@ -92,12 +103,10 @@ def test_a_release_that_breaks_in_the_second_batch_is_undone_where_it_changed_an
     the hosts after the second batch are never touched. No request fails meanwhile."""
     good = model_copy(fleet.demo_model, tmp_path / "v2", "v2")
     broken = model_copy(fleet.demo_model, tmp_path / "v2-broken", "v2", break_weights=True)
-    tree = yaml.safe_load(fleet.inventory.read_text())
-    servers = tree["all"]["children"]["gpu_servers"]["hosts"]
-    for name in fleet.names:
-        servers[name]["model_artifacts_source"] = str(broken if name == "h03" else good)
-    inventory = fleet.inventory.with_name("hosts-v2.yml")  # beside it: the same fleet, the same lock
-    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
+    sources = {
+        name: {"model_artifacts_source": str(broken if name == "h03" else good)} for name in fleet.names
+    }
+    inventory = with_host_vars(fleet, sources, "v2")
     before = {name: fleet.record(name) for name in fleet.names}
     with fleet.load() as traffic:
         traffic.wait_for(20)
@@ -176,26 +185,16 @@ def test_a_scale_run_in_batches_drops_no_request(fleet: HostFleet) -> None:
     assert traffic.failures == [], traffic.failures[:3]
 
 
-def with_host_vars(fleet: HostFleet, name: str, host_vars: dict, label: str) -> Path:
-    """The fleet's inventory with more variables for one host, written beside it (the same fleet, the
-    same lock)."""
-    tree = yaml.safe_load(fleet.inventory.read_text())
-    tree["all"]["children"]["gpu_servers"]["hosts"][name].update(host_vars)
-    inventory = fleet.inventory.with_name(f"hosts-{label}.yml")
-    inventory.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return inventory
-
-
 GOOD, BROKEN = "575.51.03", "580.65.06"
 
 
 @pytest.mark.skipif(REAL_DRIVER, reason=KEEPS_REAL_DRIVER)
 def test_a_driver_that_fails_its_checks_gives_way_to_the_one_before(fleet: HostFleet) -> None:
     """The last host has a GPU (a stand-in driver, real packages from a mirror its apt sources name, on
-    this machine's dpkg: one host only). Its driver goes from 570.133.20 to 575.51.03 under load, then to
-    580.65.06, whose nvidia-smi cannot reach the driver: the run puts 575.51.03 back, the host's instance
-    comes back on it through the same gates, and the run stops naming the failure. No request fails; no
-    other host is touched."""
+    this machine's dpkg: one host only). Under load, its first driver (570.133.20) goes in, then
+    575.51.03, then 580.65.06, whose nvidia-smi cannot reach the driver: the run puts 575.51.03 back, the
+    host's instance comes back on it through the same gates, and the run stops naming the failure. No
+    request fails; no other host is touched."""
     gpu_host = fleet.gpu_host
     stand_in_gpu = {
         "nvidia_driver_gpu_override": True,
@@ -203,14 +202,14 @@ def test_a_driver_that_fails_its_checks_gives_way_to_the_one_before(fleet: HostF
         "nvidia_driver_cuda_packages": [],
         "nvidia_driver_loaded_version_path": str(VERSION_FILE),
     }
-    inventory = with_host_vars(fleet, gpu_host, stand_in_gpu, "gpu")
+    inventory = with_host_vars(fleet, {gpu_host: stand_in_gpu}, "gpu")
     others = {name: fleet.record(name) for name in fleet.names[:-1]}
     with StandinDriver({"570.133.20": True, GOOD: True, BROKEN: False}, fleet.gpu_apt_sources) as driver:
-        first = fleet.run("drivers.yml", {"nvidia_driver_version": "570.133.20"}, "--limit", gpu_host,
-                          inventory=inventory)  # fmt: skip
-        assert first.returncode == 0, first.output[-5000:]
         with fleet.load() as traffic:
             traffic.wait_for(20)
+            first = fleet.run(
+                "driver-upgrade.yml", {"nvidia_driver_version": "570.133.20"}, inventory=inventory
+            )
             upgraded = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": GOOD}, inventory=inventory)
             upgraded_record = fleet.record(gpu_host)
             failed = fleet.run("driver-upgrade.yml", {"nvidia_driver_version": BROKEN}, inventory=inventory)
@@ -218,6 +217,7 @@ def test_a_driver_that_fails_its_checks_gives_way_to_the_one_before(fleet: HostF
         installed, loaded = driver.installed(), driver.loaded()
     inventory.unlink()
     print(failed.output)  # pytest shows it when the test fails
+    assert first.returncode == 0, first.output[-5000:]
     assert upgraded.returncode == 0, upgraded.output[-5000:]
     assert (upgraded_record["driver_version"], upgraded_record["previous_driver_version"]) == (
         "575.51.03", "570.133.20",
