@@ -3,13 +3,17 @@ balancer host of their own), set up by site.yml, then rolled in batches under co
 load balancer, plain and streamed: a batched upgrade that drops nothing; an upgrade whose release breaks
 one host of its second batch, stopped there and undone exactly where it had changed something; two runs
 started together, one of them refused with the holder's name; a driver upgrade whose new driver fails its
-checks, undone on its host by the driver before. The fleet-scale group (`-m many_hosts`)."""
+checks, undone on its host by the driver before; a scheduled run that reads the fleet's key from an
+encrypted vault; a registry gc that keeps the version the fleet runs. The fleet-scale group
+(`-m many_hosts`)."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from harness.fleet import model_copy
 from harness.host_fleet import HostFleet
 from harness.playbooks import playbook_command, playbook_environment
 from harness.standin_driver import KEEPS_REAL_DRIVER, REAL_DRIVER, VERSION_FILE, StandinDriver
+from model_runtime.registry.registry import Registry
 
 pytestmark = [
     pytest.mark.integration,
@@ -237,3 +242,97 @@ def test_a_driver_that_fails_its_checks_gives_way_to_the_one_before(fleet: HostF
     assert {name: fleet.record(name) for name in fleet.names[:-1]} == others
     assert traffic.failures == [], traffic.failures[:3]
     assert fleet.server_states() == {f"{name}-1": "UP" for name in fleet.names}
+
+
+def test_a_scheduled_run_reads_the_fleets_key_from_an_encrypted_vault(fleet: HostFleet) -> None:
+    """The control node (this machine) gets a nightly schedule that scales the fleet in by three
+    instances, with a vault password file root's alone; the fleet's API key then moves into an encrypted
+    group_vars/all/vault.yml beside the inventory, as the README advises. The schedule's cron command, run
+    as cron would under load, opens the vault, scales in the last three hosts (the smoke tests and the
+    load balancer's checks use the key), drops nothing, and logs and reports no secret."""
+    folder = fleet.inventory.parent
+    control = fleet.root / "control"
+    password = fleet.root / "vault-password"
+    password.touch(mode=0o600)
+    password.write_text(secrets.token_hex(16) + "\n")
+    control_inventory = folder / "control.yml"
+    nightly = {"name": "nightly", "kind": "scale", "cron": "0 22 * * *", "replicas": HOSTS - 3}
+    control_node = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "control_node_prefix": str(control),
+        "control_node_vault_password_file": str(password),
+        "fleet_schedules": [nightly],
+    }
+    control_inventory.write_text(
+        yaml.safe_dump({"all": {"children": {"control": {"hosts": {"localhost": control_node}}}}})
+    )
+    vault = folder / "group_vars" / "all" / "vault.yml"
+    try:
+        installed = fleet.run("control.yml", inventory=folder)
+        assert installed.returncode == 0, installed.output[-5000:]
+        cron = (control / "etc/cron.d/model-runtime-schedules").read_text()
+        (job,) = re.findall(r"#Ansible: model-runtime nightly\n(.+)", cron)
+        assert job.startswith("0 22 * * * root ")
+        assert job.endswith(f" scale.yml -e replicas={HOSTS - 3}")
+        vault.parent.mkdir(parents=True)
+        vault.write_text(yaml.safe_dump({"model_runtime_api_keys": [fleet.key]}))
+        subprocess.run([Path(sys.executable).with_name("ansible-vault"), "encrypt", "--vault-password-file",
+                        password, vault], check=True, capture_output=True)  # fmt: skip
+        assert fleet.key not in vault.read_text()
+        with fleet.load() as traffic:
+            traffic.wait_for(20)
+            done = subprocess.run(job.split(None, 6)[6], shell=True, capture_output=True, text=True,  # noqa: S602
+                                  check=False)  # fmt: skip
+            traffic.wait_for(len(traffic.outcomes) + 20)
+    finally:
+        vault.unlink(missing_ok=True)
+        control_inventory.unlink()
+    log = (control / "var/log/model-runtime/schedules/nightly.log").read_text()
+    assert done.returncode == 0, log[-5000:]
+    assert "exit 0" in log
+    assert fleet.key not in log
+    metrics = (control / "var/lib/prometheus/node-exporter/fleet-run-nightly.prom").read_text()
+    assert 'model_runtime_scheduled_run_exit_code{schedule="nightly",playbook="scale.yml"} 0' in metrics
+    states = [state for _, _, state, _ in fleet.releases().values()]
+    assert states == ["serving"] * (HOSTS - 3) + ["scaled-in"] * 3
+    assert traffic.failures == [], traffic.failures[:3]
+
+
+def registry_cli(registry: Path, *args: str) -> str:
+    """An operator's `model-runtime registry` command on the fleet's registry: its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "model_runtime", "registry", "--registry", str(registry), *args],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def push_stable(registry: Path, folder: Path) -> str:
+    """Push a model folder as a new version of demo, made demo@stable: the version."""
+    said = registry_cli(registry, "push", "demo", str(folder), "--alias", "stable")  # demo:VERSION -> @stable
+    return said.split(":", 1)[1].split()[0]
+
+
+def test_gc_keeps_the_version_the_fleet_runs(fleet: HostFleet) -> None:
+    """The model from a registry by alias: an upgrade to demo@stable under load puts the pushed version on
+    every host (the scaled-in ones too) and pins it for the fleet. A newer version is pushed and made
+    stable without being rolled out, then the alias goes: gc, keeping none by age, removes the newer
+    version alone; the one the fleet runs stays, though nothing but the fleet's pin reaches it."""
+    registry = fleet.root / "registry"
+    version = push_stable(registry, fleet.demo_model)
+    with fleet.load() as traffic:
+        traffic.wait_for(20)
+        run = fleet.run(
+            "upgrade.yml",
+            {"model": "demo@stable", "model_artifacts_registry": str(registry), "batch": QUARTERS},
+        )
+        traffic.wait_for(len(traffic.outcomes) + 20)
+    assert run.returncode == 0, run.output[-5000:]
+    assert traffic.failures == [], traffic.failures[:3]
+    assert {release[1] for release in fleet.releases().values()} == {version}
+    newer = push_stable(registry, fleet.demo_model)
+    Registry.open(str(registry)).store.delete("demo/aliases/stable.json")
+    collected = registry_cli(registry, "gc", "demo", "--keep", "0")
+    assert f"kept for fleet-inventory: demo:{version}" in collected, collected
+    assert collected.endswith(f"removed demo:{newer}\n"), collected
+    assert Registry.open(str(registry)).versions("demo") == [version]
