@@ -1,9 +1,10 @@
 """Ensembles of the demo's members on this machine, every figure measured in this one run:
 
-  perplexity   held-out perplexity of each member and of their combinations (average of probabilities,
-               average of log-probabilities, stack), teacher-forced through the serving engines on the test
-               half of the demo corpus's held-out paragraphs (`model-runtime ensemble evaluate`'s numbers);
-               once on all of them, once on those that do not also appear verbatim in the training part
+  perplexity   held-out perplexity of each member and of the combination `model-runtime ensemble evaluate`
+               chooses (weights fitted on the fit part, the choice made on the select part), teacher-forced
+               through the serving engines on the test part of the demo corpus's held-out paragraphs,
+               with the chosen one's gain over the best member and its 95% bootstrap interval; once on
+               all of them, once on those that do not also appear verbatim in the training part
                (licences repeat each other: 31 of the 79 do, and members memorise them differently)
   throughput   tokens/s of 16 concurrent greedy streams served over HTTP, the averaged ensemble against
                each member served alone, and their ratio
@@ -39,6 +40,7 @@ from model_runtime.corpus import load_corpus
 from model_runtime.demo.build import Recipe
 from model_runtime.demo.members import build_members, is_current, members_fingerprint
 from model_runtime.ensemble.artifact import resolve_candidates
+from model_runtime.ensemble.data import Split
 from model_runtime.ensemble.evaluate import Evaluation, evaluate_generation, load_candidates
 
 MEMBERS = 3
@@ -61,9 +63,9 @@ def perplexities(folder: Path) -> dict[str, Evaluation]:
     trained = set(corpus.train)
     novel = [p for p in corpus.held_out if p not in trained]
     evaluations = {
-        "all held-out paragraphs": evaluate_generation(candidates, engines, corpus.held_out),
+        "all held-out paragraphs": evaluate_generation(candidates, engines, corpus.held_out, Split()),
         f"the {len(novel)} held-out paragraphs not also in training": evaluate_generation(
-            candidates, engines, novel
+            candidates, engines, novel, Split()
         ),
     }
     for engine in engines:
@@ -95,15 +97,19 @@ def row(*cells: object) -> str:
 def print_perplexity(method: str, texts: str, evaluation: Evaluation) -> None:
     report = evaluation.report()
     best = report["best_member"]["test"]
-    print(f"\n{method}: perplexity on {texts} ({report['data']['test']['tokens']} tokens, test half)\n")
+    print(f"\n{method}: perplexity on {texts} ({report['data']['test']['tokens']} tokens, test part)\n")
     print(row("model", "perplexity", "/ best member"))
     print(row("---", "---", "---"))
     for member in report["candidates"]:
         print(row(member["name"], f"{member['test']:.2f}", f"{member['test'] / best:.3f}"))
-    for combination in report["combinations"]:
-        if len(combination["members"]) == MEMBERS:
-            label = f"{combination['name'].split('(')[0]} (all {MEMBERS})"
-            print(row(label, f"{combination['test']:.2f}", f"{combination['test'] / best:.3f}"))
+    chosen, gain = report["best"], report["gain"]
+    print(row(f"chosen of {report['compared']}: {chosen['name']}", f"{chosen['test']:.2f}",
+              f"{chosen['test'] / best:.3f}"))  # fmt: skip
+    verdict = "claimed" if gain["claimed"] else "not claimed"
+    print(
+        f"\ngain over the best member: {gain['estimate']:.2f} perplexity points, 95% interval "
+        f"[{gain['low']:.2f}, {gain['high']:.2f}] ({verdict})"
+    )
 
 
 def print_throughput(method: str, ensemble: Throughput, members: list[Throughput]) -> None:

@@ -36,47 +36,65 @@ def _push(args: argparse.Namespace, registry: RegistrySettings) -> None:
 
 
 def _print_table(report: dict) -> None:
-    print(f"{report['metric']} on the test half ({report['better']} is better):")
-    rows = [(c["name"], c["test"]) for c in report["candidates"]]
-    rows += [(c["name"], c["test"]) for c in report["combinations"]]
+    parts = report["data"]
+    print(
+        f"{report['metric']} ({report['better']} is better), on the select part "
+        f"({_size(parts['select'])}; weights fitted on the fit part, {_size(parts['fit'])}):"
+    )
+    rows = [(c["name"], c["select"]) for c in report["candidates"]]
+    rows += [(c["name"], c["select"]) for c in report["combinations"]]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value:.4f}")
-    best, member = report["best"], report["best_member"]
+    best, member, gain = report["best"], report["best_member"], report["gain"]
+    print(f"chosen of {report['compared']}: {best['name']}; on the test part ({_size(parts['test'])}):")
+    for candidate in report["candidates"]:
+        print(f"  {candidate['name'].ljust(width)}  {candidate['test']:.4f}")
+    print(f"  {best['name'].ljust(width)}  {best['test']:.4f}")
     verdict = "beats" if report["beats_best_member"] else "does NOT beat"
-    print(f"best: {best['name']} {best['test']:.4f}; {verdict} the best member, ", end="")
-    print(f"{member['name']} {member['test']:.4f}")
+    print(
+        f"{verdict} the best member ({member['name']}): gain {gain['estimate']:+.4f}, "
+        f"{gain['level']:.0%} interval [{gain['low']:+.4f}, {gain['high']:+.4f}] "
+        f"(claimed when the interval is above 0: wrongly in about {gain['error_rate']:.1%} of evaluations)"
+    )
+
+
+def _size(part: dict) -> str:
+    return ", ".join(f"{count} {what}" for what, count in part.items())
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_runtime.ensemble import artifact, data, evaluate  # torch: see the module's doc
 
+    split = data.Split(fit=args.split[0], select=args.split[1], seed=args.seed)  # refused before any work
     registry = _registry_settings(args)
     candidates = artifact.resolve_candidates(args.candidates, registry)
     engines = evaluate.load_candidates(candidates, args.device)
     texts = evaluation_texts(args.eval_text)
     source = str(args.eval_text) if args.eval_text else f"{load_corpus().source}, held out"
     if args.task == "generation":
-        evaluation = evaluate.evaluate_generation(candidates, engines, texts)
+        evaluation = evaluate.evaluate_generation(candidates, engines, texts, split)
     elif args.eval_items:
         evaluation = evaluate.evaluate_labels(
-            candidates, engines, data.read_label_items(args.eval_items, engines[0].tokenizer)
+            candidates, engines, data.read_label_items(args.eval_items, engines[0].tokenizer), split
         )
         source = str(args.eval_items)
     else:
         context = min(e.info.max_context for e in engines)
         evaluation = evaluate.evaluate_labels(
-            candidates, engines, data.label_items(texts, engines[0].tokenizer, context)
+            candidates, engines, data.label_items(texts, engines[0].tokenizer, context), split
         )
     evaluation.data["source"] = source
     report = evaluation.report()
     _print_table(report)
-    best = evaluation.best()
+    best = evaluation.best
     selection = {
         "task": args.task,
         "metric": report["metric"],
-        "test": best.test,
+        "test": evaluation.chosen_test,
+        "compared": report["compared"],
         "best_member": report["best_member"],
+        "gain": report["gain"],
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     artifact.write_ensemble(
@@ -112,6 +130,14 @@ def _build(args: argparse.Namespace) -> int:
     print(json.dumps(spec.model_dump(mode="json"), indent=2))
     _push(args, registry)
     return 0
+
+
+def _shares(text: str) -> tuple[float, float]:
+    try:
+        fit, select = (float(share) for share in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give two shares, FIT,SELECT (e.g. 0.4,0.3)") from None
+    return fit, select
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +177,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help='labels: a JSON-lines file of {"prompt": ..., "answer": ...} (default: next-word items cut '
         "from the held-out text)",
     )
+    evaluate.add_argument(
+        "--split",
+        type=_shares,
+        default=(0.4, 0.3),
+        metavar="FIT,SELECT",
+        help="the shares of the data to fit weights on and to choose on; the test part has the rest "
+        "(default 0.4,0.3)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="shuffles the data before the split")
     evaluate.add_argument("--device", default="auto", help="where the candidates run (auto, cpu, cuda)")
     evaluate.set_defaults(run=_evaluate)
 

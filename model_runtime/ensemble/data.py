@@ -1,11 +1,13 @@
 """Held-out data for evaluating candidates: whole texts for perplexity, and short exact-answer items for
 accuracy (a JSON-lines file of prompts and answers, or each text cut at a word, the next word the
-answer). Texts and items alternate between a validation half (stackers and vote weights are fitted
-there, candidates ranked for tie-breaks) and a test half (every reported number)."""
+answer). Texts and items are split three ways, at random by a seed (Split): a fit part (stackers,
+mixture and vote weights are fitted there, candidates ranked for tie-breaks), a select part (every
+combination compared, one chosen) and a test part (the chosen one and each member scored, once)."""
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,49 @@ MIN_PROMPT_WORDS = 8
 ITEMS_PER_TEXT = 2
 
 
-def halves(items: Sequence[T]) -> tuple[list[T], list[T]]:
-    """(validation, test): alternate items, so both halves sample every part of the data."""
-    return list(items[0::2]), list(items[1::2])
+@dataclass(frozen=True)
+class Split:
+    """The shares of the data for the fit and select parts (the test part has the rest), and the seed
+    that shuffles the items before they are cut."""
+
+    fit: float = 0.4
+    select: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.fit < 1 and 0 < self.select < 1 and self.fit + self.select < 1):
+            raise EvaluationError(
+                f"--split {self.fit:g},{self.select:g}: the fit and select shares must be above 0 and "
+                "leave a test part (their sum below 1)"
+            )
+
+    def indices(self, count: int) -> tuple[list[int], list[int], list[int]]:
+        """The items of each part (fit, select, test), each in the data's order."""
+        order = list(range(count))
+        random.Random(self.seed).shuffle(order)  # noqa: S311 (a reproducible split, no secret)
+        fit_end = round(count * self.fit)
+        select_end = fit_end + round(count * self.select)
+        parts = (order[:fit_end], order[fit_end:select_end], order[select_end:])
+        if not all(parts):
+            raise EvaluationError(
+                f"{count} items are too few to split into fit, select and test parts "
+                f"({self.fit:g}, {self.select:g} and the rest)"
+            )
+        return sorted(parts[0]), sorted(parts[1]), sorted(parts[2])
+
+    def parts(self, items: Sequence[T]) -> tuple[list[T], list[T], list[T]]:
+        fit, select, test = self.indices(len(items))
+        return [items[i] for i in fit], [items[i] for i in select], [items[i] for i in test]
+
+    def record(self, count: int) -> dict[str, object]:
+        fit, select, test = self.indices(count)
+        return {
+            "seed": self.seed,
+            "shares": [self.fit, self.select],
+            "fit": fit,
+            "select": select,
+            "test": test,
+        }
 
 
 def token_sequences(

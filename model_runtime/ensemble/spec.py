@@ -74,8 +74,8 @@ class EnsembleSpec(BaseModel):
     )
     members: tuple[MemberSpec, ...] = Field(min_length=2)
     weights: tuple[float, ...] = Field(
-        description="one per member, in member order (stack: the stacker's mean weights on its validation "
-        "data, for the record; the stacker weighs each token)"
+        description="one per member, in member order (stack: the stacker's mean weights on the data it was "
+        "fitted on, for the record; the stacker weighs each token)"
     )
     stacker: str | None = Field(default=None, description="the stacker's weights file (method stack)")
     record: dict[str, Any] = Field(default_factory=dict, description="how the ensemble was chosen")

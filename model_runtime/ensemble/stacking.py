@@ -68,20 +68,29 @@ def fit_gate(
 
 def vote_design(
     answers: Sequence[Sequence[str]], references: Sequence[str]
-) -> list[tuple[torch.Tensor, int]]:
-    """Per item that carries information: (X [candidates, members] with X[c, m] = 1 when member m gave
-    candidate c, the index of the reference). Items where no member gave the reference, or all gave the
-    same answer, say nothing about the weights and are left out."""
-    design = []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The items that carry information, padded to the most candidates any has: X [items, candidates,
+    members] with X[i, c, m] = 1 when member m gave candidate c to item i, which of the candidates are
+    real [items, candidates], and the index of the reference [items]. Items where no member gave the
+    reference, or all gave the same answer, say nothing about the weights and are left out (None: no
+    item is left)."""
+    rows = []
     for item, reference in zip(answers, references, strict=True):
         normalized = [normalize_answer(a) for a in item]
         candidates = list(dict.fromkeys(normalized))
         target = normalize_answer(reference)
         if len(candidates) < 2 or target not in candidates:
             continue
-        x = torch.tensor([[float(a == c) for a in normalized] for c in candidates], dtype=torch.float64)
-        design.append((x, candidates.index(target)))
-    return design
+        rows.append(([[float(a == c) for a in normalized] for c in candidates], candidates.index(target)))
+    if not rows:
+        return None
+    widest, members = max(len(x) for x, _ in rows), len(answers[0])
+    design = torch.zeros(len(rows), widest, members, dtype=torch.float64)
+    real = torch.zeros(len(rows), widest, dtype=torch.bool)
+    for i, (x, _) in enumerate(rows):
+        design[i, : len(x)] = torch.tensor(x, dtype=torch.float64)
+        real[i, : len(x)] = True
+    return design, real, torch.tensor([y for _, y in rows])
 
 
 def fit_vote_weights(
@@ -91,13 +100,15 @@ def fit_vote_weights(
     vote with ties to the first member) when no item carries information."""
     members = len(answers[0])
     weights = torch.zeros(members, dtype=torch.float64, requires_grad=True)
-    design = vote_design(answers, references)
-    if not design:
+    found = vote_design(answers, references)
+    if found is None:
         return [0.0] * members
+    design, real, chosen = found
 
     def nll() -> torch.Tensor:
-        total = sum(-torch.log_softmax(x @ weights, dim=0)[y] for x, y in design)
-        return total / len(design) + l2 * weights.pow(2).sum()
+        scores = (design @ weights).masked_fill(~real, -torch.inf)
+        picked = torch.log_softmax(scores, dim=1).gather(1, chosen.unsqueeze(1))
+        return -picked.mean() + l2 * weights.pow(2).sum()
 
     _minimize(nll, [weights], iterations)
     return [float(w) for w in weights.detach()]

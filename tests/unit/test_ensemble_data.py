@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from model_runtime.corpus import load_corpus
 from model_runtime.ensemble.data import (
     EvaluationError,
-    halves,
+    Split,
     label_items,
     read_label_items,
     token_sequences,
@@ -27,8 +27,30 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(ensure_ensemble_members())
 
 
-def test_halves_alternate() -> None:
-    assert halves("abcde") == (["a", "c", "e"], ["b", "d"])
+def test_a_split_is_three_disjoint_parts_fixed_by_its_seed() -> None:
+    items = list(range(20))
+    fit, select, test = Split(fit=0.4, select=0.3, seed=7).parts(items)
+    assert (len(fit), len(select), len(test)) == (8, 6, 6)
+    assert sorted(fit + select + test) == items
+    assert all(part == sorted(part) for part in (fit, select, test))  # each in the data's order
+    assert Split(fit=0.4, select=0.3, seed=7).parts(items) == (fit, select, test)
+    assert Split(fit=0.4, select=0.3, seed=8).parts(items) != (fit, select, test)
+    record = Split(fit=0.4, select=0.3, seed=7).record(20)
+    assert (record["seed"], record["fit"], record["select"], record["test"]) == (7, fit, select, test)
+
+
+@pytest.mark.parametrize(
+    ("shares", "says"),
+    [((0.6, 0.4), "leave a test part"), ((0.0, 0.5), "must be above 0"), ((0.5, -0.1), "must be above 0")],
+)
+def test_a_split_that_leaves_a_part_empty_is_refused(shares: tuple[float, float], says: str) -> None:
+    with pytest.raises(EvaluationError, match=says):
+        Split(*shares)
+
+
+def test_too_few_items_for_three_parts_are_refused() -> None:
+    with pytest.raises(EvaluationError, match="2 items are too few to split"):
+        Split().parts([1, 2])
 
 
 def test_token_sequences_end_with_the_end_of_text(tokenizer) -> None:
