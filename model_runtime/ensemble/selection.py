@@ -68,8 +68,7 @@ class Scores:
         return ratio.exp() if self.metric == "perplexity" else ratio
 
     def gain_over(self, other: Scores) -> torch.Tensor:
-        """How much better these scores are than other's, on every row of resample counts (or once):
-        perplexity points fewer, or accuracy more."""
+        """How much better these scores are than other's: perplexity points fewer, or accuracy more."""
         return self._gain(self.value(), other.value())
 
     def _gain(self, mine: float | torch.Tensor, theirs: float | torch.Tensor) -> torch.Tensor:
